@@ -1,0 +1,130 @@
+//! Residual and dense building blocks.
+//!
+//! - [`BasicBlock`] and [`Bottleneck`] (grouped convolution for ResNeXt, optional
+//!   [`SqueezeExcitation`]) with IBN-a (`bn1` is an [`Ibn`](crate::norm::Ibn) layer) or
+//!   IBN-b (an instance norm after the residual add, before the last ReLU);
+//! - [`DenseLayer`], [`DenseBlock`] and [`Transition`] of DenseNet-IBN-a.
+
+mod basic;
+mod bottleneck;
+mod dense;
+mod se;
+
+pub use basic::{BasicBlock, BasicBlockConfig};
+pub use bottleneck::{Bottleneck, BottleneckConfig};
+pub use dense::{DenseBlock, DenseBlockConfig, DenseLayer, DenseLayerConfig, Transition, TransitionConfig};
+pub use se::{SqueezeExcitation, SqueezeExcitationConfig};
+pub use bottleneck::BOTTLENECK_EXPANSION;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, PaddingConfig2d};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IbnError, Result};
+use crate::norm::{BatchNorm2d, BatchNorm2dConfig, IbnConfig, InstanceNorm2d, Norm2d};
+
+/// Which IBN variant a residual block uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IbnMode {
+    /// Plain block: batch norm everywhere.
+    None,
+    /// IBN-a: the block's first norm (`bn1`) is an IBN layer.
+    A,
+    /// IBN-b: an affine instance norm on the residual sum, before the final ReLU.
+    B,
+}
+
+/// A bias-free convolution initialised as in IBN-Net: `N(0, sqrt(2 / (k * k * out)))`.
+pub(crate) fn conv(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    device: &Device,
+) -> Conv2d {
+    let std = (2.0 / (kernel * kernel * out_channels) as f64).sqrt();
+    Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+        .with_groups(groups)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
+/// The first norm of a residual block: an IBN layer for IBN-a, batch norm otherwise.
+pub(crate) fn first_norm(channels: usize, ibn: IbnMode, ratio: f64, device: &Device) -> Result<Norm2d> {
+    Ok(match ibn {
+        IbnMode::A => Norm2d::Ibn(IbnConfig::new(channels).with_ratio(ratio).init(device)?),
+        _ => Norm2d::Batch(BatchNorm2dConfig::new(channels).init(device)),
+    })
+}
+
+/// The IBN-b instance norm on the residual sum, or nothing.
+pub(crate) fn post_norm(channels: usize, ibn: IbnMode, device: &Device) -> Option<InstanceNorm2d> {
+    (ibn == IbnMode::B).then(|| {
+        crate::norm::InstanceNorm2dConfig::new(channels)
+            .with_affine(true)
+            .init(device)
+    })
+}
+
+pub(crate) fn check_positive(field: &str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(IbnError::config(field, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// The projection shortcut: a strided 1x1 convolution and a batch norm
+/// (PyTorch: `downsample.0`, `downsample.1`).
+#[derive(Module, Debug)]
+pub struct Downsample {
+    /// 1x1 convolution, no bias.
+    pub conv: Conv2d,
+    /// Batch norm.
+    pub bn: BatchNorm2d,
+}
+
+impl Downsample {
+    /// Builds the shortcut when the block changes stride or width, as torchvision does.
+    pub(crate) fn needed(
+        in_channels: usize,
+        out_channels: usize,
+        stride: usize,
+        device: &Device,
+    ) -> Option<Self> {
+        (stride != 1 || in_channels != out_channels).then(|| Self {
+            conv: conv(in_channels, out_channels, 1, stride, 1, device),
+            bn: BatchNorm2dConfig::new(out_channels).init(device),
+        })
+    }
+
+    /// # Shapes
+    /// - `input`: `[N, C_in, H, W]`
+    /// - output: `[N, C_out, H / stride, W / stride]`
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(input))
+    }
+}
+
+/// Adds the shortcut, applies the IBN-b instance norm if any, then ReLU.
+pub(crate) fn finish_residual(
+    out: Tensor<4>,
+    identity: Tensor<4>,
+    downsample: &Option<Downsample>,
+    post: &Option<InstanceNorm2d>,
+) -> Tensor<4> {
+    let shortcut = match downsample {
+        Some(d) => d.forward(identity),
+        None => identity,
+    };
+    let mut out = out + shortcut;
+    if let Some(norm) = post {
+        out = norm.forward(out);
+    }
+    burn::tensor::activation::relu(out)
+}

@@ -1,0 +1,130 @@
+//! BatchNorm with PyTorch `BatchNorm2d` semantics and PyTorch parameter names.
+
+use burn::config::Config;
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::nn::Initializer;
+use burn::tensor::{Device, Tensor};
+
+/// Configuration of a [`BatchNorm2d`].
+#[derive(Config, Debug)]
+pub struct BatchNorm2dConfig {
+    /// Number of channels `C`.
+    pub num_features: usize,
+    /// Added to the variance for numerical stability.
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+    /// Weight of the current batch in the running-statistics update.
+    #[config(default = 0.1)]
+    pub momentum: f64,
+}
+
+/// Batch normalisation exactly as PyTorch's `BatchNorm2d` (affine, running statistics).
+///
+/// Differences from `burn::nn::BatchNorm`, both deliberate:
+/// - the running variance is updated with the *unbiased* batch variance (`n / (n - 1)`), as
+///   PyTorch does, so running statistics trained here equal PyTorch's;
+/// - tensors are named as in PyTorch (`weight`, `bias`, `running_mean`, `running_var`), so
+///   checkpoints map onto it without renaming.
+///
+/// Training behaviour (batch statistics and running-statistics update) is used when the input
+/// lives on an autodiff device and the module is in training mode (see
+/// [`Module::valid`](burn::module::Module::valid)); otherwise the running statistics are used.
+#[derive(Module, Debug)]
+pub struct BatchNorm2d {
+    /// Scale `γ`, shape `[C]`.
+    pub weight: Param<Tensor<1>>,
+    /// Shift `β`, shape `[C]`.
+    pub bias: Param<Tensor<1>>,
+    /// Running mean, shape `[C]`.
+    pub running_mean: RunningState<Tensor<1>>,
+    /// Running (unbiased) variance, shape `[C]`.
+    pub running_var: RunningState<Tensor<1>>,
+    /// Whether this layer takes the training path on autodiff devices.
+    pub training: Param<Flag>,
+    /// Running-statistics momentum.
+    pub momentum: f64,
+    /// Numerical-stability constant.
+    pub epsilon: f64,
+}
+
+impl BatchNorm2dConfig {
+    /// Builds the layer: weight 1, bias 0, running mean 0, running variance 1.
+    pub fn init(&self, device: &Device) -> BatchNorm2d {
+        let n = self.num_features;
+        BatchNorm2d {
+            weight: Initializer::Ones.init([n], device),
+            bias: Initializer::Zeros.init([n], device),
+            running_mean: RunningState::new(Tensor::zeros([n], device)),
+            running_var: RunningState::new(Tensor::ones([n], device)),
+            training: Param::from_bool(true),
+            momentum: self.momentum,
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+impl BatchNorm2d {
+    /// Number of channels.
+    pub fn num_features(&self) -> usize {
+        self.weight.shape().dims::<1>()[0]
+    }
+
+    /// Whether a forward on `input` takes the training path.
+    pub fn is_training_for(&self, input: &Tensor<4>) -> bool {
+        input.device().is_autodiff() && self.training.is_enabled()
+    }
+
+    /// Normalises `input`.
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]`
+    /// - output: `[N, C, H, W]`
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        if self.is_training_for(&input) {
+            self.forward_train(input)
+        } else {
+            let device = input.device();
+            burn::tensor::module::batch_norm(
+                input,
+                self.weight.val(),
+                self.bias.val(),
+                self.running_mean.value().to_device(&device),
+                self.running_var.value().to_device(&device),
+                self.epsilon,
+            )
+        }
+    }
+
+    fn forward_train(&self, input: Tensor<4>) -> Tensor<4> {
+        let [n, _, h, w] = input.dims();
+        let count = (n * h * w) as f64;
+        let device = input.device();
+        let out = burn::tensor::module::batch_norm_train(
+            input,
+            self.weight.val(),
+            self.bias.val(),
+            self.epsilon,
+        );
+        let unbiased = if count > 1.0 {
+            count / (count - 1.0)
+        } else {
+            1.0
+        };
+        let m = self.momentum;
+        let mean = self
+            .running_mean
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - m)
+            .add(out.mean.detach().mul_scalar(m));
+        let var = self
+            .running_var
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - m)
+            .add(out.variance.detach().mul_scalar(m * unbiased));
+        self.running_mean.update(mean.detach());
+        self.running_var.update(var.detach());
+        out.output
+    }
+}

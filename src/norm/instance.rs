@@ -1,0 +1,159 @@
+//! InstanceNorm with PyTorch `InstanceNorm2d` semantics.
+
+use burn::config::Config;
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::nn::Initializer;
+use burn::tensor::{Device, Tensor};
+
+/// Configuration of an [`InstanceNorm2d`]. Defaults follow PyTorch's `InstanceNorm2d`
+/// (`affine = false`, `track_running_stats = false`); IBN-Net uses affine instance norms
+/// without running statistics.
+#[derive(Config, Debug)]
+pub struct InstanceNorm2dConfig {
+    /// Number of channels `C`.
+    pub num_features: usize,
+    /// Added to the variance for numerical stability.
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+    /// Weight of the current batch in the running-statistics update.
+    #[config(default = 0.1)]
+    pub momentum: f64,
+    /// Learn a per-channel scale and shift.
+    #[config(default = false)]
+    pub affine: bool,
+    /// Keep running statistics (used in evaluation instead of the per-sample ones).
+    #[config(default = false)]
+    pub track_running_stats: bool,
+}
+
+/// Instance normalisation exactly as PyTorch's `InstanceNorm2d`.
+///
+/// Each sample and channel is normalised over its `H x W` values with the biased variance:
+/// `(x - mean) / sqrt(var + eps)`, then scaled and shifted when `affine`.
+/// With `track_running_stats`, training updates running statistics (the batch average of the
+/// per-instance means and unbiased variances, momentum rule as PyTorch) and evaluation uses
+/// them; without it, per-sample statistics are used in training and evaluation alike.
+///
+/// Tensors are named as in PyTorch (`weight`, `bias`, `running_mean`, `running_var`).
+#[derive(Module, Debug)]
+pub struct InstanceNorm2d {
+    /// Scale `γ`, shape `[C]` (only when affine).
+    pub weight: Option<Param<Tensor<1>>>,
+    /// Shift `β`, shape `[C]` (only when affine).
+    pub bias: Option<Param<Tensor<1>>>,
+    /// Running mean, shape `[C]` (only with running statistics).
+    pub running_mean: Option<RunningState<Tensor<1>>>,
+    /// Running variance, shape `[C]` (only with running statistics).
+    pub running_var: Option<RunningState<Tensor<1>>>,
+    /// Whether this layer takes the training path on autodiff devices.
+    pub training: Param<Flag>,
+    /// Number of channels.
+    pub num_features: usize,
+    /// Running-statistics momentum.
+    pub momentum: f64,
+    /// Numerical-stability constant.
+    pub epsilon: f64,
+}
+
+impl InstanceNorm2dConfig {
+    /// Builds the layer: weight 1, bias 0, running mean 0, running variance 1.
+    pub fn init(&self, device: &Device) -> InstanceNorm2d {
+        let n = self.num_features;
+        let (weight, bias) = if self.affine {
+            (
+                Some(Initializer::Ones.init([n], device)),
+                Some(Initializer::Zeros.init([n], device)),
+            )
+        } else {
+            (None, None)
+        };
+        let (running_mean, running_var) = if self.track_running_stats {
+            (
+                Some(RunningState::new(Tensor::zeros([n], device))),
+                Some(RunningState::new(Tensor::ones([n], device))),
+            )
+        } else {
+            (None, None)
+        };
+        InstanceNorm2d {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            training: Param::from_bool(true),
+            num_features: n,
+            momentum: self.momentum,
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+impl InstanceNorm2d {
+    /// Normalises `input`.
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]` with `H * W > 1` when per-sample statistics are used
+    /// - output: `[N, C, H, W]`
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let [n, c, h, w] = input.dims();
+        let device = input.device();
+        let training = device.is_autodiff() && self.training.is_enabled();
+        let gamma = match &self.weight {
+            Some(weight) => weight.val(),
+            None => Tensor::ones([c], &device),
+        };
+        let beta = match &self.bias {
+            Some(bias) => bias.val(),
+            None => Tensor::zeros([c], &device),
+        };
+
+        if let (Some(mean), Some(var), false) = (&self.running_mean, &self.running_var, training) {
+            return burn::tensor::module::batch_norm(
+                input,
+                gamma,
+                beta,
+                mean.value().to_device(&device),
+                var.value().to_device(&device),
+                self.epsilon,
+            );
+        }
+
+        // Per-instance statistics: a batch norm over [1, N*C, H, W] normalises every
+        // (sample, channel) plane over its own H x W values, in one differentiable op.
+        let tile = |t: Tensor<1>| t.unsqueeze_dim::<2>(0).repeat_dim(0, n).reshape([n * c]);
+        let out = burn::tensor::module::batch_norm_train(
+            input.reshape([1, n * c, h, w]),
+            tile(gamma),
+            tile(beta),
+            self.epsilon,
+        );
+
+        if let (Some(running_mean), Some(running_var), true) =
+            (&self.running_mean, &self.running_var, training)
+        {
+            let count = (h * w) as f64;
+            let unbiased = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let m = self.momentum;
+            let batch_mean = out.mean.detach().reshape([n, c]).mean_dim(0).reshape([c]);
+            let batch_var = out.variance.detach().reshape([n, c]).mean_dim(0).reshape([c]);
+            let mean = running_mean
+                .value_sync()
+                .to_device(&device)
+                .mul_scalar(1.0 - m)
+                .add(batch_mean.mul_scalar(m));
+            let var = running_var
+                .value_sync()
+                .to_device(&device)
+                .mul_scalar(1.0 - m)
+                .add(batch_var.mul_scalar(m * unbiased));
+            running_mean.update(mean.detach());
+            running_var.update(var.detach());
+        }
+
+        out.output.reshape([n, c, h, w])
+    }
+}

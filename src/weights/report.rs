@@ -1,0 +1,58 @@
+//! What a checkpoint load matched, and what it did not.
+
+use std::fmt;
+
+/// The outcome of loading a checkpoint, by PyTorch tensor name.
+///
+/// A strict load succeeds only when [`LoadReport::is_exact`]; a non-strict load returns this
+/// report so the caller sees what was left at its initial value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Tensors copied into the model.
+    pub loaded: Vec<String>,
+    /// Tensors the model has and the file lacks (left as initialised).
+    pub missing: Vec<String>,
+    /// Tensors the file has and the model lacks (ignored).
+    pub unexpected: Vec<String>,
+    /// Tensors present on both sides with different shapes (left as initialised).
+    pub mismatched: Vec<ShapeMismatch>,
+}
+
+/// A tensor whose shape in the file differs from the model's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// PyTorch name.
+    pub name: String,
+    /// Shape in the model.
+    pub expected: Vec<usize>,
+    /// Shape in the file.
+    pub found: Vec<usize>,
+}
+
+impl LoadReport {
+    /// `true` when every model tensor was loaded and the file had nothing else.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "  loaded: {} tensors", self.loaded.len())?;
+        let list = |f: &mut fmt::Formatter<'_>, title: &str, names: &[String]| -> fmt::Result {
+            if !names.is_empty() {
+                writeln!(f, "  {title} ({}): {}", names.len(), names.join(", "))?;
+            }
+            Ok(())
+        };
+        list(f, "missing in the file", &self.missing)?;
+        list(f, "unexpected in the file", &self.unexpected)?;
+        if !self.mismatched.is_empty() {
+            writeln!(f, "  mis-shaped ({}):", self.mismatched.len())?;
+            for m in &self.mismatched {
+                writeln!(f, "    {}: model {:?}, file {:?}", m.name, m.expected, m.found)?;
+            }
+        }
+        Ok(())
+    }
+}
