@@ -7,6 +7,8 @@ use super::densenet::{DenseNetIbn, DenseNetIbnConfig};
 use super::features::{Backbone, FeatureInfo};
 use super::resnet::{BlockKind, ResNetIbn, ResNetIbnConfig};
 use crate::error::{IbnError, Result};
+use crate::weights::{DENSENET_KEYS, KeyMap, LoadReport, RESNET_KEYS, Strictness, load_pytorch};
+use std::path::Path;
 
 /// ImageNet mean of the released weights' preprocessing (RGB, `[0, 1]` input).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -209,6 +211,39 @@ impl IbnNet {
             Self::ResNet(m) => NetConfig::ResNet(m.config().clone()),
             Self::DenseNet(m) => NetConfig::DenseNet(m.config().clone()),
         }
+    }
+
+    /// The PyTorch name table of the network's family.
+    pub fn keys(&self) -> &'static KeyMap {
+        match self {
+            Self::ResNet(_) => &RESNET_KEYS,
+            Self::DenseNet(_) => &DENSENET_KEYS,
+        }
+    }
+
+    /// Loads a PyTorch checkpoint (a released `.pth`, or one trained with the authors' code,
+    /// fast-reid or reid-strong-baseline) into this network; see [`load_pytorch`].
+    ///
+    /// # Errors
+    /// See [`load_pytorch`].
+    pub fn load_pytorch(self, path: impl AsRef<Path>, strictness: Strictness) -> Result<(Self, LoadReport)> {
+        let keys = self.keys();
+        load_pytorch(self, path, keys, strictness)
+    }
+
+    /// Builds the named model and loads a PyTorch checkpoint into it, strictly.
+    ///
+    /// ```no_run
+    /// use burn::tensor::Device;
+    /// use ibn_net::model::IbnNet;
+    /// let model = IbnNet::from_pytorch("resnet50_ibn_a", "resnet50_ibn_a-d9d0bb7b.pth", &Device::default())?;
+    /// # Ok::<(), ibn_net::IbnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`IbnError::UnknownModel`], or see [`load_pytorch`].
+    pub fn from_pytorch(name: &str, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Ok(create_model(name, device)?.load_pytorch(path, Strictness::Strict)?.0)
     }
 
     fn backbone(&self) -> &dyn Backbone {

@@ -117,6 +117,7 @@ pub fn load_pytorch<M: Module>(
     report.loaded.sort();
     report.missing.sort();
     report.unexpected.sort();
+    report.mismatched.sort_by(|a, b| a.name.cmp(&b.name));
 
     if strictness == Strictness::Strict && !report.is_exact() {
         return Err(IbnError::CheckpointMismatch {

@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Compare the speed of PyTorch with the `ibn-net` crate (burn) on IBN-Net models.
+
+PyTorch side: the model definitions from `make_fixtures.py` (full size, 1000
+classes, PyTorch's default init), timed in this process.
+Rust side: `cargo run --release --example bench -- ... --json`, which prints one
+JSON object per line on stdout:
+
+    {"model": str, "batch": int, "mode": "eval"|"train", "median_ms": float, "device": str}
+
+Other stdout lines are ignored. Instead of running cargo, results can be read
+from a file holding such lines (`--rust-json FILE`), or the Rust side can be
+skipped altogether (`--skip-rust`).
+
+Timing: inference is `model.eval()` under `torch.inference_mode()`, 2 warm-up
+runs, then the median of `--iters` timed runs. Training (resnet50_ibn_a,
+batch 8) is one SGD step (lr 0.01, momentum 0.9) with cross-entropy on random
+labels: forward + backward + step, 1 warm-up step, median of `--iters`.
+
+Usage:
+    python3 scripts/compare.py                         # both sides, Markdown table
+    python3 scripts/compare.py --skip-rust --iters 3   # PyTorch only
+    python3 scripts/compare.py --rust-json rust.jsonl --out BENCH.md
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(SCRIPTS)
+sys.path.insert(0, SCRIPTS)
+from make_fixtures import named_model  # noqa: E402  (needs the sys.path entry above)
+
+DEFAULT_MODELS = ["resnet18_ibn_a", "resnet50_ibn_a", "resnet50_ibn_b",
+                  "resnext50_ibn_a", "densenet121_ibn_a"]
+TRAIN_MODEL = "resnet50_ibn_a"
+TRAIN_BATCH = 8
+EVAL_WARMUP = 2
+TRAIN_WARMUP = 1
+IMAGE = (3, 224, 224)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch timing
+# ---------------------------------------------------------------------------
+def _sync(device):
+    """Wait for queued GPU work, so that wall-clock times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn, warmup, iters, device):
+    """Run `fn` `warmup` times untimed, then `iters` times; return the median in ms."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_torch_eval(name, batch, iters, device):
+    """Median ms of one inference forward pass of model `name` at `batch`."""
+    model = named_model(name).to(device).eval()
+    x = torch.randn(batch, *IMAGE, device=device)
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+
+    return _median_ms(step, EVAL_WARMUP, iters, device)
+
+
+def time_torch_train(name, batch, iters, device):
+    """Median ms of one SGD training step (forward, backward, update) of `name`."""
+    model = named_model(name).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    x = torch.randn(batch, *IMAGE, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return _median_ms(step, TRAIN_WARMUP, iters, device)
+
+
+def run_torch(models, batches, iters, device, train=True):
+    """Time every (model, batch) in eval mode, plus the training step.
+
+    Returns a dict {(model, batch, mode): median_ms}.
+    """
+    results = {}
+    for name in models:
+        for batch in batches:
+            torch.manual_seed(0)
+            ms = time_torch_eval(name, batch, iters, device)
+            results[(name, batch, "eval")] = ms
+            log(f"pytorch {name:<18} batch {batch:<3} eval  {ms:10.2f} ms")
+    if train and TRAIN_MODEL in models:
+        torch.manual_seed(0)
+        ms = time_torch_train(TRAIN_MODEL, TRAIN_BATCH, iters, device)
+        results[(TRAIN_MODEL, TRAIN_BATCH, "train")] = ms
+        log(f"pytorch {TRAIN_MODEL:<18} batch {TRAIN_BATCH:<3} train {ms:10.2f} ms")
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Rust timing
+# ---------------------------------------------------------------------------
+def parse_rust_lines(lines):
+    """Parse the bench example's JSON lines; other lines are skipped.
+
+    Returns ({(model, batch, mode): median_ms}, sorted list of devices seen).
+    """
+    results, devices = {}, set()
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+            key = (str(rec["model"]), int(rec["batch"]), str(rec["mode"]))
+            results[key] = float(rec["median_ms"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if rec.get("device"):
+            devices.add(str(rec["device"]))
+    return results, sorted(devices)
+
+
+def rust_command(models, batches, iters, features, device, no_default_features):
+    """The cargo command line that runs the crate's bench example."""
+    cmd = ["cargo", "run", "--release", "--example", "bench"]
+    if no_default_features:
+        cmd.append("--no-default-features")
+    if features:
+        cmd += ["--features", features]
+    cmd += ["--", "--models", ",".join(models),
+            "--batches", ",".join(str(b) for b in batches),
+            "--iters", str(iters), "--json"]
+    if device:
+        cmd += ["--device", device]
+    return cmd
+
+
+def run_rust(cmd):
+    """Run `cmd` in the repo root (cargo's stderr passes through); parse its stdout."""
+    env = dict(os.environ)
+    env.setdefault("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/ibn-target"))
+    log("running: " + " ".join(cmd) + f"  (CARGO_TARGET_DIR={env['CARGO_TARGET_DIR']})")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=None, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"cargo exited with status {proc.returncode}")
+    return parse_rust_lines(proc.stdout.splitlines())
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+def _command_output(cmd):
+    """First line of a command's stdout, or 'unknown' when it cannot run."""
+    try:
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, timeout=30).stdout.strip()
+        return out.splitlines()[0] if out else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model():
+    """CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() in ("model name", "Model", "cpu model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(threads, torch_device, rust_devices):
+    """Key/value pairs that describe the machine and the software versions."""
+    env = [
+        ("date (UTC)", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")),
+        ("arch (`uname -m`)", _command_output(["uname", "-m"])),
+        ("CPU", cpu_model()),
+        ("cores", str(os.cpu_count())),
+        ("torch", torch.__version__),
+        ("torch device", str(torch_device)),
+        ("threads (torch)", str(threads)),
+        ("rustc", _command_output(["rustc", "--version"])),
+    ]
+    if torch_device.type == "cuda":
+        env.append(("GPU", torch.cuda.get_device_name(torch_device)))
+    if rust_devices:
+        env.append(("ibn-net device", ", ".join(rust_devices)))
+    return env
+
+
+def _fmt(ms):
+    """A time in ms for the table, or an em dash when absent."""
+    return "—" if ms is None else f"{ms:.2f}"
+
+
+def markdown(env, torch_res, rust_res, models):
+    """Render the header and the comparison table as Markdown."""
+    order = {m: i for i, m in enumerate(models)}
+    keys = sorted(set(torch_res) | set(rust_res),
+                  key=lambda k: (order.get(k[0], len(order)), k[0], k[2] != "eval", k[1]))
+    lines = ["# IBN-Net: PyTorch vs ibn-net (burn)", ""]
+    lines += [f"- {k}: {v}" for k, v in env]
+    lines += ["", "| model | batch | mode | PyTorch ms | ibn-net ms | ratio (ibn-net / PyTorch) |",
+              "|---|---:|---|---:|---:|---:|"]
+    for key in keys:
+        pt, rs = torch_res.get(key), rust_res.get(key)
+        ratio = f"{rs / pt:.2f}×" if pt and rs is not None else "—"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {_fmt(pt)} | {_fmt(rs)} | {ratio} |")
+    lines += ["", "Median wall-clock time per call; ratio > 1 means ibn-net is slower."]
+    return "\n".join(lines) + "\n"
+
+
+def log(msg):
+    """Progress message on stderr (stdout carries the table)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None):
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help="comma-separated model names (default: %(default)s)")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default: 1,8)")
+    p.add_argument("--iters", type=int, default=10, help="timed runs per case (default: 10)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
+    p.add_argument("--torch-device", default="cpu", help="PyTorch device (default: cpu)")
+    p.add_argument("--no-train", action="store_true",
+                   help=f"skip the PyTorch training step ({TRAIN_MODEL}, batch {TRAIN_BATCH})")
+    p.add_argument("--features", default="flex",
+                   help="cargo --features for the bench example (default: flex)")
+    p.add_argument("--no-default-features", action="store_true",
+                   help="pass --no-default-features to cargo")
+    p.add_argument("--device", default="flex",
+                   help="--device passed to the bench example (default: flex)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--skip-rust", action="store_true", help="time PyTorch only")
+    src.add_argument("--rust-json", metavar="FILE",
+                     help="read the Rust results (JSON lines) from FILE instead of running cargo")
+    p.add_argument("--out", metavar="FILE", help="also write the Markdown report to FILE")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    if args.iters < 1:
+        p.error("--iters must be at least 1")
+    for m in args.models:
+        try:
+            named_model_check(m)
+        except (ValueError, KeyError):
+            p.error(f"unknown model {m}")
+    return args
+
+
+def named_model_check(name):
+    """Raise ValueError/KeyError when make_fixtures.py cannot build model `name`."""
+    with torch.device("meta"):
+        named_model(name)
+
+
+def main(argv=None):
+    """Time both sides and print (and optionally write) the Markdown report."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch_device = torch.device(args.torch_device)
+
+    if args.rust_json:
+        with open(args.rust_json) as f:
+            rust_res, rust_devices = parse_rust_lines(f)
+        rust_res = {k: v for k, v in rust_res.items() if k[0] in args.models}
+    elif args.skip_rust:
+        rust_res, rust_devices = {}, []
+    else:
+        cmd = rust_command(args.models, args.batches, args.iters, args.features,
+                           args.device, args.no_default_features)
+        rust_res, rust_devices = run_rust(cmd)
+        if not rust_res:
+            log("warning: the bench example printed no JSON results")
+
+    torch_res = run_torch(args.models, args.batches, args.iters, torch_device,
+                          train=not args.no_train)
+    report = markdown(environment(args.threads, torch_device, rust_devices),
+                      torch_res, rust_res, args.models)
+    sys.stdout.write(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report)
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
