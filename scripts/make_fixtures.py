@@ -451,5 +451,28 @@ def main():
     return 0 if ok else 1
 
 
+def full_case(name, out_dir, batch=2):
+    """Writes a full-size named model's state_dict, a normalised-image-like input and its
+    eval output (`<name>.pth`, `<name>.input.npy`, `<name>.eval.npy`) into out_dir: the
+    on-demand parity check of examples/parity_full.rs."""
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.manual_seed(4321)
+    model = named_model(name)
+    fixture_init(model)
+    model.eval()
+    x = torch.randn(batch, 3, 224, 224)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(out_dir, name + ".pth"))
+    save_npy(os.path.join(out_dir, name + ".input.npy"), x)
+    with torch.no_grad():
+        save_npy(os.path.join(out_dir, name + ".eval.npy"), model(x))
+    print(f"wrote {name} to {out_dir}")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--full":
+        # python3 scripts/make_fixtures.py --full OUT_DIR NAME [NAME ...]
+        for model_name in sys.argv[3:]:
+            full_case(model_name, sys.argv[2])
+        sys.exit(0)
     sys.exit(main())

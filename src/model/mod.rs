@@ -3,6 +3,7 @@
 
 mod densenet;
 mod features;
+mod fold;
 mod registry;
 mod resnet;
 

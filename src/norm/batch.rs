@@ -45,6 +45,9 @@ pub struct BatchNorm2d {
     pub momentum: f64,
     /// Numerical-stability constant.
     pub epsilon: f64,
+    /// Set by [`fold_batch_norms`](crate::model::IbnNet::fold_batch_norms) once the layer has
+    /// been folded into the preceding convolution: the layer then passes its input through.
+    pub folded: bool,
 }
 
 impl BatchNorm2dConfig {
@@ -59,6 +62,7 @@ impl BatchNorm2dConfig {
             training: Param::from_bool(true),
             momentum: self.momentum,
             epsilon: self.epsilon,
+            folded: false,
         }
     }
 }
@@ -80,6 +84,9 @@ impl BatchNorm2d {
     /// - `input`: `[N, C, H, W]`
     /// - output: `[N, C, H, W]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        if self.folded {
+            return input;
+        }
         if self.is_training_for(&input) {
             self.forward_train(input)
         } else {
@@ -93,6 +100,13 @@ impl BatchNorm2d {
                 self.epsilon,
             )
         }
+    }
+
+    /// Per-channel `(scale, shift)` of the evaluation transform `y = scale * x + shift`.
+    pub fn affine_transform(&self) -> (Tensor<1>, Tensor<1>) {
+        let scale = self.weight.val() / self.running_var.value().add_scalar(self.epsilon).sqrt();
+        let shift = self.bias.val() - scale.clone() * self.running_mean.value();
+        (scale, shift)
     }
 
     fn forward_train(&self, input: Tensor<4>) -> Tensor<4> {
