@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
+use ibn_net::IbnError;
 use ibn_net::device::device_from_name;
 use ibn_net::model::{Backbone, IbnNet, ModelInfo, model_info};
 use ibn_net::npy::NpyArray;
@@ -89,7 +90,18 @@ fn load_model(info: &ModelInfo, weights: Option<&Path>, device: &Device) -> Resu
         .extension()
         .is_some_and(|e| e == "pth" || e == "pt" || e == "tar" || e == "bin");
     let model = if is_torch {
-        model.load_pytorch(path, Strictness::Strict).map_err(|e| e.to_string())?.0
+        match model.load_pytorch(path, Strictness::Strict) {
+            Ok((model, _)) => model,
+            Err(IbnError::CheckpointMismatch { path, report }) => {
+                return Err(format!(
+                    "checkpoint {} does not fit {}: {}",
+                    path.display(),
+                    info.name,
+                    report.summary()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     } else {
         load_file(model, path).map_err(|e| e.to_string())?
     };

@@ -72,6 +72,10 @@ fn non_strict_loading_fills_what_fits_and_says_what_did_not() {
     let (_, report) = five.load_pytorch(fixture(&format!("{NET}.pth")), Strictness::NonStrict).unwrap();
     let names: Vec<_> = report.mismatched.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["fc.bias", "fc.weight"]);
+    // Shapes are reported in PyTorch's layout ([out, in] for linear weights).
+    assert_eq!(report.mismatched[1].expected, [5, 32]);
+    assert_eq!(report.mismatched[1].found, [10, 32]);
+    assert!(report.summary().starts_with("78 loaded, 2 mis-shaped (e.g. fc.bias: model [5], file [10])"), "{}", report.summary());
 }
 
 #[test]

@@ -99,10 +99,15 @@ pub fn load_pytorch<M: Module>(
     for error in &result.errors {
         match error {
             ApplyError::ShapeMismatch { path: p, expected, found } => {
+                // Shapes in PyTorch's layout: burn stores linear weights as [in, out].
+                let torch_layout = |shape: &[usize]| match shape {
+                    [a, b] => vec![*b, *a],
+                    other => other.to_vec(),
+                };
                 report.mismatched.push(ShapeMismatch {
                     name: torch_name(p),
-                    expected: expected.to_vec(),
-                    found: found.to_vec(),
+                    expected: torch_layout(expected),
+                    found: torch_layout(found),
                 })
             }
             ApplyError::DTypeMismatch { path: p, .. }

@@ -36,6 +36,29 @@ impl LoadReport {
     }
 }
 
+impl LoadReport {
+    /// One line: the counts, and the first problem of each kind.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!("{} loaded", self.loaded.len())];
+        if let Some(first) = self.missing.first() {
+            parts.push(format!("{} missing (e.g. {first})", self.missing.len()));
+        }
+        if let Some(first) = self.unexpected.first() {
+            parts.push(format!("{} unexpected (e.g. {first})", self.unexpected.len()));
+        }
+        if let Some(m) = self.mismatched.first() {
+            parts.push(format!(
+                "{} mis-shaped (e.g. {}: model {:?}, file {:?})",
+                self.mismatched.len(),
+                m.name,
+                m.expected,
+                m.found
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "  loaded: {} tensors", self.loaded.len())?;
