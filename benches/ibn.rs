@@ -34,7 +34,13 @@ fn input(shape: [usize; 4], device: &Device) -> Tensor<4> {
 }
 
 /// Runs `forward` on `x` and waits for the result.
-fn bench(name: &str, shape: [usize; 4], iters: usize, x: &Tensor<4>, forward: impl Fn(Tensor<4>) -> Tensor<4>) {
+fn bench(
+    name: &str,
+    shape: [usize; 4],
+    iters: usize,
+    x: &Tensor<4>,
+    forward: impl Fn(Tensor<4>) -> Tensor<4>,
+) {
     let device = x.device();
     let ms = median_ms(iters, || {
         let _ = forward(x.clone());
@@ -45,10 +51,16 @@ fn bench(name: &str, shape: [usize; 4], iters: usize, x: &Tensor<4>, forward: im
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
     let device_name = value("--device").map_or("flex", String::as_str);
     let quick = args.iter().any(|a| a == "--quick");
-    let iters: usize = value("--iters").and_then(|v| v.parse().ok()).unwrap_or(if quick { 3 } else { 10 });
+    let iters: usize = value("--iters")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 3 } else { 10 });
     let device = match device_from_name(device_name) {
         Ok(d) => d,
         Err(e) => {
@@ -66,27 +78,63 @@ fn main() {
         let x = input(shape, &device);
         let bn = BatchNorm2dConfig::new(channels).init(&device);
         bench("batch norm (eval)", shape, iters, &x, |x| bn.forward(x));
-        let inorm = InstanceNorm2dConfig::new(channels).with_affine(true).init(&device);
-        bench("instance norm", shape, iters, &x, |x| inorm.forward(x));
+        let inorm = InstanceNorm2dConfig::new(channels)
+            .with_affine(true)
+            .init(&device);
+        bench("instance norm, composed", shape, iters, &x, |x| {
+            inorm.forward_composed(x)
+        });
+        bench("instance norm, single pass", shape, iters, &x, |x| {
+            inorm.forward(x)
+        });
         let ibn = IbnConfig::new(channels).init(&device).expect("valid");
-        bench("ibn layer [IN|BN]", shape, iters, &x, |x| ibn.forward(x));
+        bench("ibn layer [IN|BN], composed", shape, iters, &x, |x| {
+            ibn.forward_composed(x)
+        });
+        bench("ibn layer [IN|BN], single pass", shape, iters, &x, |x| {
+            ibn.forward(x)
+        });
     }
 
     // Blocks, stage-1 shapes of the released models.
     let shape = [batch, 64, 56, 56];
     let x = input(shape, &device);
-    for (label, ibn) in [("basic block, plain", IbnMode::None), ("basic block, IBN-a", IbnMode::A), ("basic block, IBN-b", IbnMode::B)] {
-        let block = BasicBlockConfig::new(64, 64).with_ibn(ibn).init(&device).expect("valid");
+    for (label, ibn) in [
+        ("basic block, plain", IbnMode::None),
+        ("basic block, IBN-a", IbnMode::A),
+        ("basic block, IBN-b", IbnMode::B),
+    ] {
+        let block = BasicBlockConfig::new(64, 64)
+            .with_ibn(ibn)
+            .init(&device)
+            .expect("valid");
         bench(label, shape, iters, &x, |x| block.forward(x));
     }
     let shape = [batch, 256, 56, 56];
     let x = input(shape, &device);
     let bottlenecks = [
         ("bottleneck, plain", BottleneckConfig::new(256, 64)),
-        ("bottleneck, IBN-a", BottleneckConfig::new(256, 64).with_ibn(IbnMode::A)),
-        ("bottleneck, IBN-b", BottleneckConfig::new(256, 64).with_ibn(IbnMode::B)),
-        ("resnext 32x4d bottleneck, IBN-a", BottleneckConfig::new(256, 64).with_ibn(IbnMode::A).with_cardinality(32).with_base_width(4)),
-        ("se bottleneck, IBN-a", BottleneckConfig::new(256, 64).with_ibn(IbnMode::A).with_se_reduction(Some(16))),
+        (
+            "bottleneck, IBN-a",
+            BottleneckConfig::new(256, 64).with_ibn(IbnMode::A),
+        ),
+        (
+            "bottleneck, IBN-b",
+            BottleneckConfig::new(256, 64).with_ibn(IbnMode::B),
+        ),
+        (
+            "resnext 32x4d bottleneck, IBN-a",
+            BottleneckConfig::new(256, 64)
+                .with_ibn(IbnMode::A)
+                .with_cardinality(32)
+                .with_base_width(4),
+        ),
+        (
+            "se bottleneck, IBN-a",
+            BottleneckConfig::new(256, 64)
+                .with_ibn(IbnMode::A)
+                .with_se_reduction(Some(16)),
+        ),
     ];
     for (label, config) in bottlenecks {
         let block = config.init(&device).expect("valid");
@@ -94,19 +142,32 @@ fn main() {
     }
     let shape = [batch, 256, 56, 56];
     let x = input(shape, &device);
-    let layer = DenseLayerConfig::new(256, 32).with_ibn(true).init(&device).expect("valid");
+    let layer = DenseLayerConfig::new(256, 32)
+        .with_ibn(true)
+        .init(&device)
+        .expect("valid");
     bench("dense layer, IBN", shape, iters, &x, |x| layer.forward(x));
 
     // Whole networks, evaluation, 224x224.
-    let models = ["resnet18_ibn_a", "resnet50_ibn_a", "resnet50_ibn_b", "resnext50_ibn_a", "densenet121_ibn_a"];
+    let models = [
+        "resnet18_ibn_a",
+        "resnet50_ibn_a",
+        "resnet50_ibn_b",
+        "resnext50_ibn_a",
+        "densenet121_ibn_a",
+    ];
     for name in models.iter().take(if quick { 1 } else { models.len() }) {
         let model = create_model(name, &device).expect("registered").valid();
         for b in [1, batch] {
             let shape = [b, 3, 224, 224];
             let x = input(shape, &device);
-            bench(&format!("{name} (eval)"), shape, iters, &x, |x| model.forward_features(x));
+            bench(&format!("{name} (eval)"), shape, iters, &x, |x| {
+                model.forward_features(x)
+            });
             let folded = model.clone().fold_batch_norms();
-            bench(&format!("{name} (eval, folded)"), shape, iters, &x, |x| folded.forward_features(x));
+            bench(&format!("{name} (eval, folded)"), shape, iters, &x, |x| {
+                folded.forward_features(x)
+            });
         }
     }
 }

@@ -16,7 +16,8 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use ibn_net::device::device_from_name;
 use ibn_net::model::{Backbone, create_model};
 
-const DEFAULT_MODELS: &str = "resnet18_ibn_a,resnet50_ibn_a,resnet50_ibn_b,resnext50_ibn_a,densenet121_ibn_a";
+const DEFAULT_MODELS: &str =
+    "resnet18_ibn_a,resnet50_ibn_a,resnet50_ibn_b,resnext50_ibn_a,densenet121_ibn_a";
 const TRAIN_MODEL: &str = "resnet50_ibn_a";
 const TRAIN_BATCH: usize = 8;
 
@@ -100,7 +101,8 @@ fn train_step_ms(args: &Args, device: &Device) -> ibn_net::Result<f64> {
     let device = device.clone().autodiff();
     let mut model = create_model(TRAIN_MODEL, &device)?;
     let x = Tensor::<4>::random([TRAIN_BATCH, 3, 224, 224], Distribution::Default, &device);
-    let labels = Tensor::<1, Int>::random([TRAIN_BATCH], Distribution::Uniform(0.0, 1000.0), &device);
+    let labels =
+        Tensor::<1, Int>::random([TRAIN_BATCH], Distribution::Uniform(0.0, 1000.0), &device);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig::new().with_dampening(0.0)))
@@ -117,7 +119,10 @@ fn train_step_ms(args: &Args, device: &Device) -> ibn_net::Result<f64> {
 fn run(args: &Args) -> ibn_net::Result<()> {
     let device = device_from_name(&args.device)?;
     if !args.json {
-        println!("device {}, {} timed runs each (median)", args.device, args.iters);
+        println!(
+            "device {}, {} timed runs each (median)",
+            args.device, args.iters
+        );
     }
     for name in &args.models {
         let mut model = create_model(name, &device)?.valid();
@@ -129,7 +134,13 @@ fn run(args: &Args) -> ibn_net::Result<()> {
             let ms = time(2, args.iters, || {
                 let _ = model.forward(x.clone()).into_data();
             });
-            report(args, name, batch, if args.fold { "folded" } else { "eval" }, ms);
+            report(
+                args,
+                name,
+                batch,
+                if args.fold { "folded" } else { "eval" },
+                ms,
+            );
         }
     }
     if args.train && !args.fold && args.models.iter().any(|m| m == TRAIN_MODEL) {
@@ -140,7 +151,9 @@ fn run(args: &Args) -> ibn_net::Result<()> {
 }
 
 fn main() {
-    let result = parse_args().map_err(|e| e.to_string()).and_then(|args| run(&args).map_err(|e| e.to_string()));
+    let result = parse_args()
+        .map_err(|e| e.to_string())
+        .and_then(|args| run(&args).map_err(|e| e.to_string()));
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);

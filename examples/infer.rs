@@ -38,7 +38,10 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { top: 5, ..Args::default() };
+    let mut args = Args {
+        top: 5,
+        ..Args::default()
+    };
     let mut it = std::env::args().skip(1).peekable();
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -50,7 +53,11 @@ fn parse_args() -> Result<Args, String> {
             "--labels" => args.labels = Some(value("--labels")?.into()),
             "--save" => args.save = Some(value("--save")?.into()),
             "--device" => args.device = Some(value("--device")?),
-            "--top" => args.top = value("--top")?.parse().map_err(|_| "--top needs a number".to_string())?,
+            "--top" => {
+                args.top = value("--top")?
+                    .parse()
+                    .map_err(|_| "--top needs a number".to_string())?
+            }
             "--features" => args.features = true,
             "--image" => {
                 while let Some(next) = it.peek() {
@@ -110,12 +117,16 @@ fn load_model(info: &ModelInfo, weights: Option<&Path>, device: &Device) -> Resu
 
 /// Decodes an image, resizes its shorter side to `resize`, centre-crops `crop` and normalises.
 fn preprocess(path: &Path, info: &ModelInfo) -> Result<Vec<f32>, String> {
-    let image = image::open(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
+    let image =
+        image::open(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
     let image = image.to_rgb32f();
     let (w, h) = image.dimensions();
     let resize = info.resize as f32;
     let scale = resize / w.min(h) as f32;
-    let (nw, nh) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
+    let (nw, nh) = (
+        ((w as f32 * scale).round() as u32).max(1),
+        ((h as f32 * scale).round() as u32).max(1),
+    );
     let resized = image::imageops::resize(&image, nw, nh, image::imageops::FilterType::Triangle);
     let [_, ch, cw] = info.input_size;
     if (nw as usize) < cw || (nh as usize) < ch {
@@ -137,7 +148,8 @@ fn preprocess(path: &Path, info: &ModelInfo) -> Result<Vec<f32>, String> {
 fn run(args: Args) -> Result<(), String> {
     let name = args.model.as_deref().ok_or("--model is required")?;
     let info = model_info(name).map_err(|e| e.to_string())?;
-    let device = device_from_name(args.device.as_deref().unwrap_or("flex")).map_err(|e| e.to_string())?;
+    let device =
+        device_from_name(args.device.as_deref().unwrap_or("flex")).map_err(|e| e.to_string())?;
     let model = load_model(info, args.weights.as_deref(), &device)?;
 
     if let Some(path) = &args.save {
@@ -147,7 +159,9 @@ fn run(args: Args) -> Result<(), String> {
 
     if let (Some(input), Some(output)) = (&args.input, &args.output) {
         let array = NpyArray::read(input).map_err(|e| e.to_string())?;
-        model.validate_input(&array.shape).map_err(|e| format!("{}: {e}", input.display()))?;
+        model
+            .validate_input(&array.shape)
+            .map_err(|e| format!("{}: {e}", input.display()))?;
         let shape: [usize; 4] = array.shape.clone().try_into().expect("validated rank");
         let x = Tensor::<4>::from_data(TensorData::new(array.data, shape), &device);
         let y = if args.features {
@@ -156,7 +170,10 @@ fn run(args: Args) -> Result<(), String> {
             model.forward(x)
         };
         let data = y.into_data();
-        let result = NpyArray { shape: data.shape().to_vec(), data: data.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))? };
+        let result = NpyArray {
+            shape: data.shape().to_vec(),
+            data: data.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?,
+        };
         result.write(output).map_err(|e| e.to_string())?;
         eprintln!("wrote {} {:?}", output.display(), result.shape);
     }
@@ -177,7 +194,10 @@ fn run(args: Args) -> Result<(), String> {
             batch.extend(preprocess(path, info)?);
         }
         let [c, h, w] = info.input_size;
-        let x = Tensor::<4>::from_data(TensorData::new(batch, [args.images.len(), c, h, w]), &device);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(batch, [args.images.len(), c, h, w]),
+            &device,
+        );
         let probs = burn::tensor::activation::softmax(model.forward(x), 1).into_data();
         let probs = probs.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
         let classes = probs.len() / args.images.len();
@@ -187,7 +207,10 @@ fn run(args: Args) -> Result<(), String> {
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
             println!("{}:", path.display());
             for &k in order.iter().take(args.top) {
-                let label = labels.as_ref().and_then(|l| l.get(k)).map_or("", String::as_str);
+                let label = labels
+                    .as_ref()
+                    .and_then(|l| l.get(k))
+                    .map_or("", String::as_str);
                 println!("  {:>6.2}%  {k:>4}  {label}", row[k] * 100.0);
             }
         }

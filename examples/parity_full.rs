@@ -15,15 +15,31 @@ use ibn_net::npy::NpyArray;
 const TOLERANCE: f32 = 1e-5;
 
 fn check(dir: &std::path::Path, name: &str, device: &Device) -> Result<f32, String> {
-    let model = IbnNet::from_pytorch(name, dir.join(format!("{name}.pth")), device).map_err(|e| e.to_string())?;
+    let model = IbnNet::from_pytorch(name, dir.join(format!("{name}.pth")), device)
+        .map_err(|e| e.to_string())?;
     let input = NpyArray::read(dir.join(format!("{name}.input.npy"))).map_err(|e| e.to_string())?;
-    let reference = NpyArray::read(dir.join(format!("{name}.eval.npy"))).map_err(|e| e.to_string())?;
-    let shape: [usize; 4] = input.shape.clone().try_into().map_err(|_| "input is not rank 4")?;
+    let reference =
+        NpyArray::read(dir.join(format!("{name}.eval.npy"))).map_err(|e| e.to_string())?;
+    let shape: [usize; 4] = input
+        .shape
+        .clone()
+        .try_into()
+        .map_err(|_| "input is not rank 4")?;
     let x = Tensor::<4>::from_data(TensorData::new(input.data, shape), device);
-    let ours = model.forward(x).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    let ours = model
+        .forward(x)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
     let scale = reference.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = ours.iter().zip(&reference.data).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    println!("{name:<20} max abs error {err:.3e}, relative {:.3e} (output scale {scale:.3})", err / scale);
+    let err = ours
+        .iter()
+        .zip(&reference.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!(
+        "{name:<20} max abs error {err:.3e}, relative {:.3e} (output scale {scale:.3})",
+        err / scale
+    );
     Ok(err / scale)
 }
 

@@ -28,7 +28,10 @@ fn run() -> ibn_net::Result<()> {
     let forward_all = args.iter().any(|a| a == "--forward");
     let device = device_from_name(device_name)?;
 
-    println!("IBN-Net model zoo on `{device_name}` ({} models)\n", MODELS.len());
+    println!(
+        "IBN-Net model zoo on `{device_name}` ({} models)\n",
+        MODELS.len()
+    );
     println!(
         "{:<20} {:>12}  {:<32} {:<14} {}",
         "model", "parameters", "released weights", "top-1/top-5", "feature maps (channels@stride)"
@@ -66,7 +69,10 @@ fn run() -> ibn_net::Result<()> {
     let backbone = config.init(&device)?;
     let x = Tensor::<4>::random([2, 3, 256, 128], Distribution::Default, &device);
     let maps = backbone.forward_intermediates(x.clone(), &[1, 2, 3, 4])?;
-    println!("\ncustom re-ID backbone ({} parameters), input [2, 3, 256, 128]:", num_parameters(&backbone));
+    println!(
+        "\ncustom re-ID backbone ({} parameters), input [2, 3, 256, 128]:",
+        num_parameters(&backbone)
+    );
     for (map, info) in maps.iter().zip(&backbone.feature_info()[1..]) {
         println!("  {:<7} {:?}", info.module, map.dims());
     }

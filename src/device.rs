@@ -62,7 +62,10 @@ pub fn device_from_name(name: &str) -> Result<Device> {
         }
         _ => Err(IbnError::Device {
             name: name.to_string(),
-            reason: format!("unknown device (available: {})", available_devices().join(", ")),
+            reason: format!(
+                "unknown device (available: {})",
+                available_devices().join(", ")
+            ),
         }),
     }
 }

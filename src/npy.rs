@@ -70,13 +70,17 @@ impl NpyArray {
         if header_field(&header, "fortran_order") != Some("False") {
             return Err(npy_error(path, "Fortran-ordered arrays are not supported"));
         }
-        let shape_text = header_field(&header, "shape").ok_or_else(|| npy_error(path, "no shape"))?;
+        let shape_text =
+            header_field(&header, "shape").ok_or_else(|| npy_error(path, "no shape"))?;
         let shape = shape_text
             .trim_matches(|c| c == '(' || c == ')')
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<usize>().map_err(|_| npy_error(path, format!("bad shape {shape_text}"))))
+            .map(|s| {
+                s.parse::<usize>()
+                    .map_err(|_| npy_error(path, format!("bad shape {shape_text}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         let count: usize = shape.iter().product();
         let payload = &bytes[offset + header_len..];
@@ -120,7 +124,11 @@ impl NpyArray {
             1 => format!("({},)", self.shape[0]),
             _ => format!(
                 "({})",
-                self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                self.shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
@@ -160,13 +168,23 @@ mod tests {
             data: vec![1.0, -2.5, 3.25, 0.0, f32::MAX, -1e-7],
         };
         let bytes = array.to_bytes();
-        assert_eq!((10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64, 0);
-        assert_eq!(NpyArray::from_bytes(&bytes, Path::new("x.npy")).unwrap(), array);
+        assert_eq!(
+            (10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64,
+            0
+        );
+        assert_eq!(
+            NpyArray::from_bytes(&bytes, Path::new("x.npy")).unwrap(),
+            array
+        );
     }
 
     #[test]
     fn rejects_other_dtypes_and_bad_sizes() {
-        let mut bytes = NpyArray { shape: vec![2], data: vec![1.0, 2.0] }.to_bytes();
+        let mut bytes = NpyArray {
+            shape: vec![2],
+            data: vec![1.0, 2.0],
+        }
+        .to_bytes();
         let mut int = bytes.clone();
         let at = int.windows(3).position(|w| w == b"<f4").unwrap();
         int[at + 1] = b'i';

@@ -77,7 +77,11 @@ impl BottleneckConfig {
         }
         let out = self.out_channels();
         let se = match self.se_reduction {
-            Some(reduction) => Some(SqueezeExcitationConfig::new(out).with_reduction(reduction).init(device)?),
+            Some(reduction) => Some(
+                SqueezeExcitationConfig::new(out)
+                    .with_reduction(reduction)
+                    .init(device)?,
+            ),
             None => None,
         };
         Ok(Bottleneck {

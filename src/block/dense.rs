@@ -53,7 +53,11 @@ impl DenseLayerConfig {
         check_positive("bn_size", self.bn_size)?;
         let inner = self.bn_size * self.growth_rate;
         let norm1 = if self.ibn {
-            Norm2d::Ibn(IbnConfig::dense(self.in_channels).with_ratio(self.ibn_ratio).init(device)?)
+            Norm2d::Ibn(
+                IbnConfig::dense(self.in_channels)
+                    .with_ratio(self.ibn_ratio)
+                    .init(device)?,
+            )
         } else {
             Norm2d::Batch(BatchNorm2dConfig::new(self.in_channels).init(device))
         };
@@ -188,6 +192,7 @@ impl Transition {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H / 2, W / 2]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.pool.forward(self.conv.forward(relu(self.norm.forward(input))))
+        self.pool
+            .forward(self.conv.forward(relu(self.norm.forward(input))))
     }
 }

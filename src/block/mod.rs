@@ -11,10 +11,12 @@ mod dense;
 mod se;
 
 pub use basic::{BasicBlock, BasicBlockConfig};
-pub use bottleneck::{Bottleneck, BottleneckConfig};
-pub use dense::{DenseBlock, DenseBlockConfig, DenseLayer, DenseLayerConfig, Transition, TransitionConfig};
-pub use se::{SqueezeExcitation, SqueezeExcitationConfig};
 pub use bottleneck::BOTTLENECK_EXPANSION;
+pub use bottleneck::{Bottleneck, BottleneckConfig};
+pub use dense::{
+    DenseBlock, DenseBlockConfig, DenseLayer, DenseLayerConfig, Transition, TransitionConfig,
+};
+pub use se::{SqueezeExcitation, SqueezeExcitationConfig};
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -48,7 +50,12 @@ pub(crate) fn conv(
     let std = (2.0 / (kernel * kernel * out_channels) as f64).sqrt();
     Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
         .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+        .with_padding(PaddingConfig2d::Explicit(
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+        ))
         .with_groups(groups)
         .with_bias(false)
         .with_initializer(Initializer::Normal { mean: 0.0, std })
@@ -56,7 +63,12 @@ pub(crate) fn conv(
 }
 
 /// The first norm of a residual block: an IBN layer for IBN-a, batch norm otherwise.
-pub(crate) fn first_norm(channels: usize, ibn: IbnMode, ratio: f64, device: &Device) -> Result<Norm2d> {
+pub(crate) fn first_norm(
+    channels: usize,
+    ibn: IbnMode,
+    ratio: f64,
+    device: &Device,
+) -> Result<Norm2d> {
     Ok(match ibn {
         IbnMode::A => Norm2d::Ibn(IbnConfig::new(channels).with_ratio(ratio).init(device)?),
         _ => Norm2d::Batch(BatchNorm2dConfig::new(channels).init(device)),

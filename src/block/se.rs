@@ -40,12 +40,19 @@ impl SqueezeExcitationConfig {
         if hidden == 0 {
             return Err(IbnError::config(
                 "se reduction",
-                format!("{} channels / reduction {} leaves no hidden unit", self.channels, self.reduction),
+                format!(
+                    "{} channels / reduction {} leaves no hidden unit",
+                    self.channels, self.reduction
+                ),
             ));
         }
         Ok(SqueezeExcitation {
-            fc1: LinearConfig::new(self.channels, hidden).with_bias(false).init(device),
-            fc2: LinearConfig::new(hidden, self.channels).with_bias(false).init(device),
+            fc1: LinearConfig::new(self.channels, hidden)
+                .with_bias(false)
+                .init(device),
+            fc2: LinearConfig::new(hidden, self.channels)
+                .with_bias(false)
+                .init(device),
         })
     }
 }
@@ -56,7 +63,11 @@ impl SqueezeExcitation {
     /// - output: `[N, C, H, W]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let [n, c, h, w] = input.dims();
-        let squeezed = input.clone().reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
+        let squeezed = input
+            .clone()
+            .reshape([n, c, h * w])
+            .mean_dim(2)
+            .reshape([n, c]);
         let scale = sigmoid(self.fc2.forward(relu(self.fc1.forward(squeezed))));
         input * scale.reshape([n, c, 1, 1])
     }

@@ -86,10 +86,16 @@ impl DenseNetIbnConfig {
     pub fn validate(&self) -> Result<()> {
         let n = self.block_config.len();
         if n == 0 {
-            return Err(IbnError::config("block_config", "at least one dense block is needed"));
+            return Err(IbnError::config(
+                "block_config",
+                "at least one dense block is needed",
+            ));
         }
         if self.ibn.len() != n {
-            return Err(IbnError::config("ibn", format!("{} IBN flags for {n} blocks", self.ibn.len())));
+            return Err(IbnError::config(
+                "ibn",
+                format!("{} IBN flags for {n} blocks", self.ibn.len()),
+            ));
         }
         for (i, &layers) in self.block_config.iter().enumerate() {
             check_positive(&format!("block_config[{i}]"), layers)?;
@@ -122,8 +128,14 @@ impl DenseNetIbnConfig {
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(),
-            blocks: blocks.iter().map(|b| b.init(device)).collect::<Result<_>>()?,
-            transitions: transitions.iter().map(|t| t.init(device)).collect::<Result<_>>()?,
+            blocks: blocks
+                .iter()
+                .map(|b| b.init(device))
+                .collect::<Result<_>>()?,
+            transitions: transitions
+                .iter()
+                .map(|t| t.init(device))
+                .collect::<Result<_>>()?,
             norm5: BatchNorm2dConfig::new(channels).init(device),
             classifier: classifier(channels, self.num_classes, device),
             config: self.clone(),
@@ -188,7 +200,9 @@ impl DenseNetIbn {
 impl Backbone for DenseNetIbn {
     fn forward_features(&self, input: Tensor<4>) -> Tensor<4> {
         let last = self.blocks.len() - 1;
-        self.run_blocks(self.stem(input), last).pop().expect("at least one dense block")
+        self.run_blocks(self.stem(input), last)
+            .pop()
+            .expect("at least one dense block")
     }
 
     fn forward_head(&self, features: Tensor<4>, pre_logits: bool) -> Tensor<2> {
@@ -243,9 +257,8 @@ impl Backbone for DenseNetIbn {
     fn validate_input(&self, dims: &[usize]) -> Result<()> {
         let c = &self.config;
         let [_, _, h, w] = check_rank_channels(dims, c.in_channels)?;
-        let too_small = |what: &str| {
-            IbnError::InvalidInput(format!("input {dims:?} is too small for {what}"))
-        };
+        let too_small =
+            |what: &str| IbnError::InvalidInput(format!("input {dims:?} is too small for {what}"));
         let stem = |s: usize| conv_out(s, 7, 2, 3).and_then(|s| conv_out(s, 3, 2, 1));
         let (mut h, mut w) = (
             stem(h).ok_or_else(|| too_small("the stem"))?,
@@ -254,7 +267,9 @@ impl Backbone for DenseNetIbn {
         for (i, &has_ibn) in c.ibn.iter().enumerate() {
             if i > 0 {
                 if h < 2 || w < 2 {
-                    return Err(too_small(&format!("features.transition{i} (2x2 average pool)")));
+                    return Err(too_small(&format!(
+                        "features.transition{i} (2x2 average pool)"
+                    )));
                 }
                 (h, w) = (h / 2, w / 2);
             }

@@ -101,7 +101,9 @@ pub(crate) fn check_rank_channels(dims: &[usize], channels: usize) -> Result<[us
         )));
     }
     if n == 0 || h == 0 || w == 0 {
-        return Err(IbnError::InvalidInput(format!("empty input of shape {dims:?}")));
+        return Err(IbnError::InvalidInput(format!(
+            "empty input of shape {dims:?}"
+        )));
     }
     Ok([n, c, h, w])
 }

@@ -48,7 +48,11 @@ fn fold_norm(conv: &mut Conv2d, norm: &mut Norm2d) {
     match norm {
         Norm2d::Batch(bn) => fold(conv, bn, 0),
         Norm2d::Ibn(ibn) => {
-            let offset = if ibn.instance_first { ibn.instance_channels() } else { 0 };
+            let offset = if ibn.instance_first {
+                ibn.instance_channels()
+            } else {
+                0
+            };
             fold(conv, &mut ibn.batch, offset)
         }
         Norm2d::Instance(_) => {}

@@ -226,7 +226,11 @@ impl IbnNet {
     ///
     /// # Errors
     /// See [`load_pytorch`].
-    pub fn load_pytorch(self, path: impl AsRef<Path>, strictness: Strictness) -> Result<(Self, LoadReport)> {
+    pub fn load_pytorch(
+        self,
+        path: impl AsRef<Path>,
+        strictness: Strictness,
+    ) -> Result<(Self, LoadReport)> {
         let keys = self.keys();
         load_pytorch(self, path, keys, strictness)
     }
@@ -243,7 +247,9 @@ impl IbnNet {
     /// # Errors
     /// [`IbnError::UnknownModel`], or see [`load_pytorch`].
     pub fn from_pytorch(name: &str, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        Ok(create_model(name, device)?.load_pytorch(path, Strictness::Strict)?.0)
+        Ok(create_model(name, device)?
+            .load_pytorch(path, Strictness::Strict)?
+            .0)
     }
 
     fn backbone(&self) -> &dyn Backbone {

@@ -110,7 +110,9 @@ impl ResNetIbnConfig {
     /// IBN-b placement: `[B, B, None, None, ...]`.
     pub fn with_ibn_b(self) -> Self {
         let n = self.layers.len();
-        let ibn = (0..n).map(|i| if i < 2 { IbnMode::B } else { IbnMode::None }).collect();
+        let ibn = (0..n)
+            .map(|i| if i < 2 { IbnMode::B } else { IbnMode::None })
+            .collect();
         self.with_ibn(ibn)
     }
 
@@ -189,7 +191,11 @@ impl ResNetIbnConfig {
 
     /// The configuration of block `index` of stage `stage` with `in_channels` inputs.
     fn block_config(&self, stage: usize, index: usize, in_channels: usize) -> BlockConfig {
-        let stride = if index == 0 { self.stage_stride(stage) } else { 1 };
+        let stride = if index == 0 {
+            self.stage_stride(stage)
+        } else {
+            1
+        };
         let ibn = block_ibn(self.ibn[stage], index, self.layers[stage]);
         match self.block {
             BlockKind::Basic => BlockConfig::Basic(
@@ -398,11 +404,17 @@ impl Backbone for ResNetIbn {
                 "input {dims:?} is too small for the stem (7x7/2 convolution and 3x3/2 max-pool)"
             ))
         };
-        let (h, w) = (conv_out(h, 7, 2, 3).ok_or_else(too_small)?, conv_out(w, 7, 2, 3).ok_or_else(too_small)?);
+        let (h, w) = (
+            conv_out(h, 7, 2, 3).ok_or_else(too_small)?,
+            conv_out(w, 7, 2, 3).ok_or_else(too_small)?,
+        );
         if c.ibn[0] == IbnMode::B {
             check_instance_norm("the stem norm `bn1`", h, w, dims)?;
         }
-        let (mut h, mut w) = (conv_out(h, 3, 2, 1).ok_or_else(too_small)?, conv_out(w, 3, 2, 1).ok_or_else(too_small)?);
+        let (mut h, mut w) = (
+            conv_out(h, 3, 2, 1).ok_or_else(too_small)?,
+            conv_out(w, 3, 2, 1).ok_or_else(too_small)?,
+        );
         for (i, &blocks) in c.layers.iter().enumerate() {
             let stride = c.stage_stride(i);
             let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
@@ -417,7 +429,9 @@ impl Backbone for ResNetIbn {
                     (IbnMode::A, BlockKind::Basic) => {
                         check_instance_norm(&format!("{stage}.{j}.bn1"), oh, ow, dims)?
                     }
-                    (IbnMode::B, _) => check_instance_norm(&format!("{stage}.{j}.IN"), oh, ow, dims)?,
+                    (IbnMode::B, _) => {
+                        check_instance_norm(&format!("{stage}.{j}.IN"), oh, ow, dims)?
+                    }
                     (IbnMode::None, _) => {}
                 }
             }

@@ -33,7 +33,9 @@ pub struct IbnConfig {
 impl IbnConfig {
     /// The DenseNet-IBN layer: `[BN | IN]` with ratio 0.4, as in the released DenseNets.
     pub fn dense(planes: usize) -> Self {
-        Self::new(planes).with_ratio(0.4).with_order(IbnOrder::BnFirst)
+        Self::new(planes)
+            .with_ratio(0.4)
+            .with_order(IbnOrder::BnFirst)
     }
 
     /// Sizes of the two sections as `(instance_channels, batch_channels)`.
@@ -117,20 +119,76 @@ impl Ibn {
 
     /// Normalises `input`.
     ///
+    /// Outside training the whole layer is one per-(sample, channel) affine map
+    /// `x * scale + shift`: the IN section's statistics are computed per sample, the BN
+    /// section's come from the running statistics, and the output is written in one pass with
+    /// no split or concatenation of the activations. In training the sections go through
+    /// [`forward_composed`](Self::forward_composed).
+    ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]` with `C = instance_channels + batch_channels`
     /// - output: `[N, C, H, W]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        if self.batch.is_training_for(&input) || self.batch.folded {
+            return self.forward_composed(input);
+        }
+        let [n, _, _, _] = input.dims();
+        let (ci, cb) = (self.instance_channels(), self.batch_channels());
+        let device = input.device();
+        let gamma = self
+            .instance
+            .weight
+            .as_ref()
+            .map_or_else(|| Tensor::ones([ci], &device), |p| p.val());
+        let beta = self
+            .instance
+            .bias
+            .as_ref()
+            .map_or_else(|| Tensor::zeros([ci], &device), |p| p.val());
+        let in_start = if self.instance_first { 0 } else { cb };
+        let (in_scale, in_shift) =
+            self.instance
+                .instance_affine(input.clone().narrow(1, in_start, ci), gamma, beta);
+        let (bn_scale, bn_shift) = self.batch.affine_transform();
+        let expand = |t: Tensor<1>| t.reshape([1, cb, 1]).repeat_dim(0, n);
+        let (bn_scale, bn_shift) = (expand(bn_scale), expand(bn_shift));
+        let (scale, shift) = if self.instance_first {
+            (
+                Tensor::cat(vec![in_scale, bn_scale], 1),
+                Tensor::cat(vec![in_shift, bn_shift], 1),
+            )
+        } else {
+            (
+                Tensor::cat(vec![bn_scale, in_scale], 1),
+                Tensor::cat(vec![bn_shift, in_shift], 1),
+            )
+        };
+        super::instance::apply_affine(input, scale, shift)
+    }
+
+    /// The generic composed path: split, [`InstanceNorm2d`] and [`BatchNorm2d`] on the two
+    /// sections, concatenate. The reference for [`forward`](Self::forward).
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]`
+    /// - output: `[N, C, H, W]`
+    pub fn forward_composed(&self, input: Tensor<4>) -> Tensor<4> {
         let ci = self.instance_channels();
         let cb = self.batch_channels();
         if self.instance_first {
             let a = input.clone().narrow(1, 0, ci);
             let b = input.narrow(1, ci, cb);
-            Tensor::cat(vec![self.instance.forward(a), self.batch.forward(b)], 1)
+            Tensor::cat(
+                vec![self.instance.forward_composed(a), self.batch.forward(b)],
+                1,
+            )
         } else {
             let a = input.clone().narrow(1, 0, cb);
             let b = input.narrow(1, cb, ci);
-            Tensor::cat(vec![self.batch.forward(a), self.instance.forward(b)], 1)
+            Tensor::cat(
+                vec![self.batch.forward(a), self.instance.forward_composed(b)],
+                1,
+            )
         }
     }
 }

@@ -89,6 +89,49 @@ impl InstanceNorm2dConfig {
 }
 
 impl InstanceNorm2d {
+    /// Per-(sample, channel) `scale` and `shift`, shapes `[N, C, 1]`, such that the
+    /// normalised input is `x * scale + shift` (biased variance over `H x W`).
+    pub(crate) fn instance_affine(
+        &self,
+        input: Tensor<4>,
+        gamma: Tensor<1>,
+        beta: Tensor<1>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let [n, c, h, w] = input.dims();
+        let (var, mean) = input.reshape([n, c, h * w]).var_mean_bias(2);
+        let scale = var.add_scalar(self.epsilon).sqrt().recip() * gamma.reshape([1, c, 1]);
+        let shift = beta.reshape([1, c, 1]) - mean * scale.clone();
+        (scale, shift)
+    }
+
+    /// Normalises `input` with the generic composed path (a batch norm over the
+    /// `[1, N*C, H, W]` view), the reference the single-pass path is tested against.
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]`
+    /// - output: `[N, C, H, W]`
+    pub fn forward_composed(&self, input: Tensor<4>) -> Tensor<4> {
+        let [n, c, h, w] = input.dims();
+        let device = input.device();
+        let gamma = self
+            .weight
+            .as_ref()
+            .map_or_else(|| Tensor::ones([c], &device), |p| p.val());
+        let beta = self
+            .bias
+            .as_ref()
+            .map_or_else(|| Tensor::zeros([c], &device), |p| p.val());
+        let tile = |t: Tensor<1>| t.unsqueeze_dim::<2>(0).repeat_dim(0, n).reshape([n * c]);
+        burn::tensor::module::batch_norm_train(
+            input.reshape([1, n * c, h, w]),
+            tile(gamma),
+            tile(beta),
+            self.epsilon,
+        )
+        .output
+        .reshape([n, c, h, w])
+    }
+
     /// Normalises `input`.
     ///
     /// # Shapes
@@ -118,6 +161,11 @@ impl InstanceNorm2d {
             );
         }
 
+        if !training {
+            let (scale, shift) = self.instance_affine(input.clone(), gamma, beta);
+            return apply_affine(input, scale, shift);
+        }
+
         // Per-instance statistics: a batch norm over [1, N*C, H, W] normalises every
         // (sample, channel) plane over its own H x W values, in one differentiable op.
         let tile = |t: Tensor<1>| t.unsqueeze_dim::<2>(0).repeat_dim(0, n).reshape([n * c]);
@@ -139,7 +187,12 @@ impl InstanceNorm2d {
             };
             let m = self.momentum;
             let batch_mean = out.mean.detach().reshape([n, c]).mean_dim(0).reshape([c]);
-            let batch_var = out.variance.detach().reshape([n, c]).mean_dim(0).reshape([c]);
+            let batch_var = out
+                .variance
+                .detach()
+                .reshape([n, c])
+                .mean_dim(0)
+                .reshape([c]);
             let mean = running_mean
                 .value_sync()
                 .to_device(&device)
@@ -156,4 +209,10 @@ impl InstanceNorm2d {
 
         out.output.reshape([n, c, h, w])
     }
+}
+
+/// `x * scale + shift` with per-(sample, channel) `scale`, `shift` of shape `[N, C, 1]`.
+pub(crate) fn apply_affine(input: Tensor<4>, scale: Tensor<3>, shift: Tensor<3>) -> Tensor<4> {
+    let [n, c, h, w] = input.dims();
+    (input.reshape([n, c, h * w]) * scale + shift).reshape([n, c, h, w])
 }

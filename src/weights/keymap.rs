@@ -95,7 +95,11 @@ impl KeyMap {
         let mut pos = 0;
         'outer: while pos < segments.len() {
             for rule in self.rules {
-                let (from, to) = if to_ours { (rule.torch, rule.ours) } else { (rule.ours, rule.torch) };
+                let (from, to) = if to_ours {
+                    (rule.torch, rule.ours)
+                } else {
+                    (rule.ours, rule.torch)
+                };
                 if pos + from.len() > segments.len() {
                     continue;
                 }

@@ -92,13 +92,21 @@ pub fn load_pytorch<M: Module>(
 
     let mut report = LoadReport {
         loaded: result.applied.iter().map(|n| torch_name(n)).collect(),
-        missing: result.missing.iter().map(|(n, _)| keys.to_torch(n)).collect(),
+        missing: result
+            .missing
+            .iter()
+            .map(|(n, _)| keys.to_torch(n))
+            .collect(),
         unexpected: result.unused.iter().map(|n| torch_name(n)).collect(),
         mismatched: Vec::new(),
     };
     for error in &result.errors {
         match error {
-            ApplyError::ShapeMismatch { path: p, expected, found } => {
+            ApplyError::ShapeMismatch {
+                path: p,
+                expected,
+                found,
+            } => {
                 // Shapes in PyTorch's layout: burn stores linear weights as [in, out].
                 let torch_layout = |shape: &[usize]| match shape {
                     [a, b] => vec![*b, *a],
@@ -113,7 +121,10 @@ pub fn load_pytorch<M: Module>(
             ApplyError::DTypeMismatch { path: p, .. }
             | ApplyError::AdapterError { path: p, .. }
             | ApplyError::LoadError { path: p, .. } => {
-                return Err(read_error(path, format!("tensor {}: {error}", torch_name(p))));
+                return Err(read_error(
+                    path,
+                    format!("tensor {}: {error}", torch_name(p)),
+                ));
             }
         }
     }

@@ -44,7 +44,10 @@ impl LoadReport {
             parts.push(format!("{} missing (e.g. {first})", self.missing.len()));
         }
         if let Some(first) = self.unexpected.first() {
-            parts.push(format!("{} unexpected (e.g. {first})", self.unexpected.len()));
+            parts.push(format!(
+                "{} unexpected (e.g. {first})",
+                self.unexpected.len()
+            ));
         }
         if let Some(m) = self.mismatched.first() {
             parts.push(format!(
@@ -73,7 +76,11 @@ impl fmt::Display for LoadReport {
         if !self.mismatched.is_empty() {
             writeln!(f, "  mis-shaped ({}):", self.mismatched.len())?;
             for m in &self.mismatched {
-                writeln!(f, "    {}: model {:?}, file {:?}", m.name, m.expected, m.found)?;
+                writeln!(
+                    f,
+                    "    {}: model {:?}, file {:?}",
+                    m.name, m.expected, m.found
+                )?;
             }
         }
         Ok(())

@@ -65,7 +65,9 @@ pub fn save_file<M: Module>(module: &M, path: impl AsRef<Path>) -> Result<()> {
         let mut store = SafetensorsStore::from_file(path);
         module.save_into(&mut store).map_err(|e| error(&e))
     } else {
-        let mut store = BurnpackStore::from_file(path).overwrite(true).auto_extension(false);
+        let mut store = BurnpackStore::from_file(path)
+            .overwrite(true)
+            .auto_extension(false);
         module.save_into(&mut store).map_err(|e| error(&e))
     }
 }
@@ -85,7 +87,9 @@ pub fn load_file<M: Module>(mut module: M, path: impl AsRef<Path>) -> Result<M> 
         return Err(error(&"no such file"));
     }
     let result = if is_safetensors(path) {
-        let mut store = SafetensorsStore::from_file(path).allow_partial(false).validate(true);
+        let mut store = SafetensorsStore::from_file(path)
+            .allow_partial(false)
+            .validate(true);
         module.load_from(&mut store).map_err(|e| error(&e))?
     } else {
         let mut store = BurnpackStore::from_file(path)
