@@ -33,8 +33,8 @@ fn run() -> ibn_net::Result<()> {
         MODELS.len()
     );
     println!(
-        "{:<20} {:>12}  {:<32} {:<14} {}",
-        "model", "parameters", "released weights", "top-1/top-5", "feature maps (channels@stride)"
+        "{:<20} {:>12}  {:<32} {:<14} feature maps (channels@stride)",
+        "model", "parameters", "released weights", "top-1/top-5"
     );
     for info in MODELS {
         let model = info.init(&device)?;

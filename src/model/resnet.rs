@@ -283,6 +283,8 @@ pub(crate) fn classifier(features: usize, classes: usize, device: &Device) -> Op
 }
 
 /// One residual block of either type.
+// Variants are held inline: modules are built once and never moved in hot loops.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ResBlock {
     /// Basic block.

@@ -21,7 +21,9 @@ use ibn_net::weights::{
 pub const TOL: f32 = 1e-5;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn cpu() -> Device {
@@ -38,13 +40,20 @@ pub fn tensor_from_npy(path: &str, device: &Device) -> Tensor<4> {
 pub fn assert_close(what: &str, ours: &TensorData, reference: &NpyArray, tol: f32) -> f32 {
     assert_eq!(ours.shape().to_vec(), reference.shape, "{what}: shape");
     let ours = ours.try_to_vec::<f32>().unwrap();
-    let scale = reference.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let scale = reference
+        .data
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(1e-12);
     let err = ours
         .iter()
         .zip(&reference.data)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let rel = err / scale;
-    assert!(rel <= tol, "{what}: max abs error {err:e} = {rel:e} of the output scale {scale} (tolerance {tol:e})");
+    assert!(
+        rel <= tol,
+        "{what}: max abs error {err:e} = {rel:e} of the output scale {scale} (tolerance {tol:e})"
+    );
     rel
 }
 
@@ -64,7 +73,9 @@ pub fn net_config(name: &str) -> NetConfig {
         "net_resnet_basic_a" => small_resnet(Basic, vec![2, 1, 1, 1], basic()),
         "net_resnet_basic_b" => small_resnet(Basic, vec![2, 1, 1, 1], basic()).with_ibn_b(),
         "net_resnet_bottleneck_a" => small_resnet(Bottleneck, vec![2, 1, 1, 1], narrow()),
-        "net_resnet_bottleneck_b" => small_resnet(Bottleneck, vec![2, 2, 1, 1], narrow()).with_ibn_b(),
+        "net_resnet_bottleneck_b" => {
+            small_resnet(Bottleneck, vec![2, 2, 1, 1], narrow()).with_ibn_b()
+        }
         "net_resnext_a" => small_resnet(Bottleneck, vec![1, 1, 1, 1], narrow())
             .with_cardinality(4)
             .with_base_width(16),
@@ -94,6 +105,7 @@ pub fn net_keys(net: &IbnNet) -> &'static KeyMap {
 }
 
 /// Any module a fixture covers.
+#[allow(clippy::large_enum_variant)]
 pub enum Case {
     In(InstanceNorm2d),
     Ibn(Ibn),
@@ -131,23 +143,46 @@ impl Case {
         use IbnMode::*;
         let d = device;
         match name {
-            "in_affine" => Case::In(load(InstanceNorm2dConfig::new(6).with_affine(true).init(d), file, &IDENTITY_KEYS)),
+            "in_affine" => Case::In(load(
+                InstanceNorm2dConfig::new(6).with_affine(true).init(d),
+                file,
+                &IDENTITY_KEYS,
+            )),
             "in_running" => Case::In(load(
-                InstanceNorm2dConfig::new(6).with_affine(true).with_track_running_stats(true).init(d),
+                InstanceNorm2dConfig::new(6)
+                    .with_affine(true)
+                    .with_track_running_stats(true)
+                    .init(d),
                 file,
                 &IDENTITY_KEYS,
             )),
             "ibn_half" => Case::Ibn(load(IbnConfig::new(12).init(d).unwrap(), file, &IBN_KEYS)),
-            "ibn_r07" => Case::Ibn(load(IbnConfig::new(10).with_ratio(0.7).init(d).unwrap(), file, &IBN_KEYS)),
+            "ibn_r07" => Case::Ibn(load(
+                IbnConfig::new(10).with_ratio(0.7).init(d).unwrap(),
+                file,
+                &IBN_KEYS,
+            )),
             "dense_ibn" => Case::Ibn(load(IbnConfig::dense(16).init(d).unwrap(), file, &IBN_KEYS)),
             "basic_a" => Case::Basic(load(
-                BasicBlockConfig::new(8, 16).with_stride(2).with_ibn(A).init(d).unwrap(),
+                BasicBlockConfig::new(8, 16)
+                    .with_stride(2)
+                    .with_ibn(A)
+                    .init(d)
+                    .unwrap(),
                 file,
                 &RESNET_KEYS,
             )),
-            "basic_b" => Case::Basic(load(BasicBlockConfig::new(16, 16).with_ibn(B).init(d).unwrap(), file, &RESNET_KEYS)),
+            "basic_b" => Case::Basic(load(
+                BasicBlockConfig::new(16, 16).with_ibn(B).init(d).unwrap(),
+                file,
+                &RESNET_KEYS,
+            )),
             "bottleneck_a" => Case::Bottleneck(load(
-                BottleneckConfig::new(16, 8).with_stride(2).with_ibn(A).init(d).unwrap(),
+                BottleneckConfig::new(16, 8)
+                    .with_stride(2)
+                    .with_ibn(A)
+                    .init(d)
+                    .unwrap(),
                 file,
                 &RESNET_KEYS,
             )),
@@ -168,7 +203,11 @@ impl Case {
                 &RESNET_KEYS,
             )),
             "se_a" => Case::Bottleneck(load(
-                BottleneckConfig::new(32, 8).with_ibn(A).with_se_reduction(Some(4)).init(d).unwrap(),
+                BottleneckConfig::new(32, 8)
+                    .with_ibn(A)
+                    .with_se_reduction(Some(4))
+                    .init(d)
+                    .unwrap(),
                 file,
                 &RESNET_KEYS,
             )),
@@ -177,7 +216,11 @@ impl Case {
                 file,
                 &DENSENET_KEYS,
             )),
-            "transition" => Case::Transition(load(TransitionConfig::new(16, 8).init(d).unwrap(), file, &IDENTITY_KEYS)),
+            "transition" => Case::Transition(load(
+                TransitionConfig::new(16, 8).init(d).unwrap(),
+                file,
+                &IDENTITY_KEYS,
+            )),
             net => {
                 let model = net_config(net).init(d).unwrap();
                 let keys = net_keys(&model);
