@@ -20,7 +20,10 @@ fn config_error<T>(result: Result<T, IbnError>) -> String {
 #[test]
 fn ibn_sections_follow_the_release() {
     assert_eq!(IbnConfig::new(64).sections().unwrap(), (32, 32));
-    assert_eq!(IbnConfig::new(10).with_ratio(0.7).sections().unwrap(), (7, 3));
+    assert_eq!(
+        IbnConfig::new(10).with_ratio(0.7).sections().unwrap(),
+        (7, 3)
+    );
     // DenseNet: floor(planes * 0.6) BN channels first.
     assert_eq!(IbnConfig::dense(64).sections().unwrap(), (26, 38));
     assert_eq!(IbnConfig::dense(160).sections().unwrap(), (64, 96));
@@ -35,21 +38,48 @@ fn invalid_configurations_name_the_field() {
     assert!(config_error(IbnConfig::new(1).init(&d)).contains("non-empty"));
 
     let resnet = || ResNetIbnConfig::new(BlockKind::Bottleneck, vec![1, 1, 1, 1]);
-    assert!(config_error(resnet().with_widths(vec![64, 0, 256, 512]).init(&d)).contains("widths[1]"));
-    assert!(config_error(resnet().with_widths(vec![64, 128]).init(&d)).contains("2 widths for 4 stages"));
+    assert!(
+        config_error(resnet().with_widths(vec![64, 0, 256, 512]).init(&d)).contains("widths[1]")
+    );
+    assert!(
+        config_error(resnet().with_widths(vec![64, 128]).init(&d))
+            .contains("2 widths for 4 stages")
+    );
     assert!(config_error(resnet().with_ibn(vec![IbnMode::A]).init(&d)).contains("ibn"));
-    assert!(config_error(ResNetIbnConfig::new(BlockKind::Basic, vec![]).init(&d)).contains("layers"));
+    assert!(
+        config_error(ResNetIbnConfig::new(BlockKind::Basic, vec![]).init(&d)).contains("layers")
+    );
     assert!(config_error(resnet().with_ibn_ratio(1.5).init(&d)).contains("ibn_ratio"));
     assert!(config_error(resnet().with_stem_width(0).init(&d)).contains("stem_width"));
-    assert!(config_error(resnet().with_widths(vec![8, 16, 32, 64]).with_cardinality(32).with_base_width(4).init(&d)).contains("base_width"));
     assert!(
-        config_error(ResNetIbnConfig::new(BlockKind::Basic, vec![1, 1]).with_widths(vec![8, 8])
-            .with_ibn(vec![IbnMode::A, IbnMode::None]).with_se_reduction(Some(4)).init(&d))
+        config_error(
+            resnet()
+                .with_widths(vec![8, 16, 32, 64])
+                .with_cardinality(32)
+                .with_base_width(4)
+                .init(&d)
+        )
+        .contains("base_width")
+    );
+    assert!(
+        config_error(
+            ResNetIbnConfig::new(BlockKind::Basic, vec![1, 1])
+                .with_widths(vec![8, 8])
+                .with_ibn(vec![IbnMode::A, IbnMode::None])
+                .with_se_reduction(Some(4))
+                .init(&d)
+        )
         .contains("se_reduction")
     );
-    assert!(config_error(SqueezeExcitationConfig::new(8).with_reduction(16).init(&d)).contains("no hidden unit"));
+    assert!(
+        config_error(SqueezeExcitationConfig::new(8).with_reduction(16).init(&d))
+            .contains("no hidden unit")
+    );
     assert!(config_error(BottleneckConfig::new(0, 8).init(&d)).contains("in_channels"));
-    assert!(config_error(DenseNetIbnConfig::new(vec![2, 2]).init(&d)).contains("4 IBN flags for 2 blocks"));
+    assert!(
+        config_error(DenseNetIbnConfig::new(vec![2, 2]).init(&d))
+            .contains("4 IBN flags for 2 blocks")
+    );
     assert!(config_error(DenseNetIbnConfig::new(vec![]).init(&d)).contains("block_config"));
 }
 
@@ -57,8 +87,14 @@ fn invalid_configurations_name_the_field() {
 fn ibn_placement_is_decided_per_stage() {
     use IbnMode::*;
     // IBN-a: every block; IBN-b: only the last block (never the first); none: none.
-    assert_eq!((0..3).map(|i| block_ibn(A, i, 3)).collect::<Vec<_>>(), [A, A, A]);
-    assert_eq!((0..3).map(|i| block_ibn(B, i, 3)).collect::<Vec<_>>(), [None, None, B]);
+    assert_eq!(
+        (0..3).map(|i| block_ibn(A, i, 3)).collect::<Vec<_>>(),
+        [A, A, A]
+    );
+    assert_eq!(
+        (0..3).map(|i| block_ibn(B, i, 3)).collect::<Vec<_>>(),
+        [None, None, B]
+    );
     assert_eq!(block_ibn(B, 0, 1), None);
     assert_eq!(block_ibn(None, 2, 3), None);
 }
@@ -83,14 +119,32 @@ fn invalid_inputs_are_rejected_with_a_reason() {
     assert!(err(&[2, 3, 16, 16]).contains("layer3.0.bn1"));
 
     let x = Tensor::<4>::random([1, 1, 32, 32], Distribution::Default, &d);
-    assert!(matches!(model.try_forward(x), Err(IbnError::InvalidInput(_))));
+    assert!(matches!(
+        model.try_forward(x),
+        Err(IbnError::InvalidInput(_))
+    ));
 
     let b = tiny().with_ibn_b().init(&d).unwrap();
-    assert!(b.validate_input(&[1, 3, 1, 1]).unwrap_err().to_string().contains("stem norm"));
+    assert!(
+        b.validate_input(&[1, 3, 1, 1])
+            .unwrap_err()
+            .to_string()
+            .contains("stem norm")
+    );
 
-    let dense = DenseNetIbnConfig::new(vec![1, 1, 1, 1]).with_growth_rate(4).with_num_init_features(8).init(&d).unwrap();
+    let dense = DenseNetIbnConfig::new(vec![1, 1, 1, 1])
+        .with_growth_rate(4)
+        .with_num_init_features(8)
+        .init(&d)
+        .unwrap();
     dense.validate_input(&[1, 3, 64, 64]).unwrap();
-    assert!(dense.validate_input(&[1, 3, 24, 24]).unwrap_err().to_string().contains("denseblock3"));
+    assert!(
+        dense
+            .validate_input(&[1, 3, 24, 24])
+            .unwrap_err()
+            .to_string()
+            .contains("denseblock3")
+    );
 }
 
 #[test]
@@ -107,7 +161,10 @@ fn forward_surface_shapes() {
     let maps = model.forward_intermediates(x.clone(), &[1, 3, 0]).unwrap();
     let dims: Vec<_> = maps.iter().map(|m| m.dims()).collect();
     assert_eq!(dims, [[2, 8, 16, 16], [2, 24, 4, 4], [2, 8, 32, 32]]);
-    for (map, info) in maps.iter().zip([1, 3, 0].map(|i| model.feature_info()[i].clone())) {
+    for (map, info) in maps
+        .iter()
+        .zip([1, 3, 0].map(|i| model.feature_info()[i].clone()))
+    {
         assert_eq!(map.dims()[1], info.channels);
         assert_eq!(64 / map.dims()[2], info.reduction);
     }
@@ -121,12 +178,21 @@ fn forward_surface_shapes() {
     assert_eq!(model.forward(x.clone()).dims(), [2, 32]);
 
     // Re-ID style: last stride 1 doubles the last map.
-    let reid = tiny().with_last_stride(1).with_num_classes(0).init(&d).unwrap();
+    let reid = tiny()
+        .with_last_stride(1)
+        .with_num_classes(0)
+        .init(&d)
+        .unwrap();
     assert_eq!(reid.forward_features(x.clone()).dims(), [2, 32, 4, 4]);
     assert_eq!(reid.feature_info().last().unwrap().reduction, 16);
 
-    let dense = DenseNetIbnConfig::new(vec![2, 2, 2]).with_growth_rate(4).with_num_init_features(8)
-        .with_ibn(vec![true, true, false]).with_num_classes(5).init(&d).unwrap();
+    let dense = DenseNetIbnConfig::new(vec![2, 2, 2])
+        .with_growth_rate(4)
+        .with_num_init_features(8)
+        .with_ibn(vec![true, true, false])
+        .with_num_classes(5)
+        .init(&d)
+        .unwrap();
     assert_eq!(dense.forward(x.clone()).dims(), [2, 5]);
     let maps = dense.forward_intermediates(x, &[0, 1, 2, 3]).unwrap();
     let channels: Vec<_> = maps.iter().map(|m| m.dims()[1]).collect();

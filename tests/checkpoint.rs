@@ -24,33 +24,84 @@ fn every_checkpoint_format_loads_and_matches_pytorch() {
         let path = fixture(&format!("{NET}{file}.pth"));
         let (model, report) = fresh().load_pytorch(&path, Strictness::Strict).unwrap();
         assert!(report.is_exact(), "{file}: {report}");
-        assert_eq!(report.loaded.len(), named_tensors(&model, model.keys()).len(), "{file}");
-        assert_close(&format!("{NET}{file}"), &model.forward(x.clone()).into_data(), &reference, TOL);
+        assert_eq!(
+            report.loaded.len(),
+            named_tensors(&model, model.keys()).len(),
+            "{file}"
+        );
+        assert_close(
+            &format!("{NET}{file}"),
+            &model.forward(x.clone()).into_data(),
+            &reference,
+            TOL,
+        );
     }
 }
 
 #[test]
 fn strict_loading_reports_every_mismatch_by_pytorch_name() {
     // A checkpoint of a deeper, wider network.
-    let wrong = small_resnet(BlockKind::Basic, vec![1, 1, 1, 1], vec![8, 16, 24, 48]).init(&cpu()).unwrap();
+    let wrong = small_resnet(BlockKind::Basic, vec![1, 1, 1, 1], vec![8, 16, 24, 48])
+        .init(&cpu())
+        .unwrap();
     let err = IbnNet::ResNet(wrong)
         .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict)
         .unwrap_err();
-    let IbnError::CheckpointMismatch { report, .. } = &err else { panic!("{err}") };
-    assert!(report.unexpected.iter().any(|k| k == "layer1.1.conv1.weight"), "{report}");
-    assert!(report.mismatched.iter().any(|m| m.name == "layer4.0.conv1.weight"
-        && m.expected == [48, 24, 3, 3] && m.found == [32, 24, 3, 3]), "{report}");
+    let IbnError::CheckpointMismatch { report, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        report
+            .unexpected
+            .iter()
+            .any(|k| k == "layer1.1.conv1.weight"),
+        "{report}"
+    );
+    assert!(
+        report
+            .mismatched
+            .iter()
+            .any(|m| m.name == "layer4.0.conv1.weight"
+                && m.expected == [48, 24, 3, 3]
+                && m.found == [32, 24, 3, 3]),
+        "{report}"
+    );
     assert!(report.missing.is_empty(), "{report}");
     let text = err.to_string();
-    assert!(text.contains("layer4.0.bn2.running_var") && text.contains("mis-shaped"), "{text}");
+    assert!(
+        text.contains("layer4.0.bn2.running_var") && text.contains("mis-shaped"),
+        "{text}"
+    );
 
     // The other family: nothing matches; every name is listed.
     let dense = net_config("net_densenet_a").init(&cpu()).unwrap();
-    let err = dense.load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict).unwrap_err();
-    let IbnError::CheckpointMismatch { report, .. } = &err else { panic!("{err}") };
-    assert!(report.missing.iter().any(|k| k == "features.denseblock1.denselayer1.norm1.IN.weight"), "{report}");
-    assert!(report.unexpected.iter().any(|k| k == "layer1.0.bn1.IN.weight"), "{report}");
-    assert!(report.loaded.is_empty() || report.loaded.iter().all(|k| k == "fc.bias" || k == "fc.weight" || k == "classifier.bias"));
+    let err = dense
+        .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict)
+        .unwrap_err();
+    let IbnError::CheckpointMismatch { report, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        report
+            .missing
+            .iter()
+            .any(|k| k == "features.denseblock1.denselayer1.norm1.IN.weight"),
+        "{report}"
+    );
+    assert!(
+        report
+            .unexpected
+            .iter()
+            .any(|k| k == "layer1.0.bn1.IN.weight"),
+        "{report}"
+    );
+    assert!(
+        report.loaded.is_empty()
+            || report
+                .loaded
+                .iter()
+                .all(|k| k == "fc.bias" || k == "fc.weight" || k == "classifier.bias")
+    );
 }
 
 #[test]
@@ -60,22 +111,38 @@ fn non_strict_loading_fills_what_fits_and_says_what_did_not() {
     with_head.reset_classifier(10, &cpu());
     let mut headless = fresh();
     headless.reset_classifier(0, &cpu());
-    let (headless, report) = headless.load_pytorch(fixture(&format!("{NET}.pth")), Strictness::NonStrict).unwrap();
+    let (headless, report) = headless
+        .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::NonStrict)
+        .unwrap();
     assert_eq!(report.unexpected, ["fc.bias", "fc.weight"]);
     assert!(report.missing.is_empty() && report.mismatched.is_empty());
-    let err = headless.load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict).unwrap_err();
-    assert!(err.to_string().contains("unexpected in the file (2): fc.bias, fc.weight"), "{err}");
+    let err = headless
+        .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unexpected in the file (2): fc.bias, fc.weight"),
+        "{err}"
+    );
 
     // Fine-tuning with a new number of classes: the head is reported as mis-shaped.
     let mut five = fresh();
     five.reset_classifier(5, &cpu());
-    let (_, report) = five.load_pytorch(fixture(&format!("{NET}.pth")), Strictness::NonStrict).unwrap();
+    let (_, report) = five
+        .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::NonStrict)
+        .unwrap();
     let names: Vec<_> = report.mismatched.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["fc.bias", "fc.weight"]);
     // Shapes are reported in PyTorch's layout ([out, in] for linear weights).
     assert_eq!(report.mismatched[1].expected, [5, 32]);
     assert_eq!(report.mismatched[1].found, [10, 32]);
-    assert!(report.summary().starts_with("78 loaded, 2 mis-shaped (e.g. fc.bias: model [5], file [10])"), "{}", report.summary());
+    assert!(
+        report
+            .summary()
+            .starts_with("78 loaded, 2 mis-shaped (e.g. fc.bias: model [5], file [10])"),
+        "{}",
+        report.summary()
+    );
 }
 
 #[test]
@@ -102,7 +169,9 @@ fn unreadable_files_give_a_read_error() {
             Ok(_) => panic!("{name}: loaded"),
         }
     }
-    let missing = fresh().load_pytorch(dir.join("nope.pth"), Strictness::Strict).unwrap_err();
+    let missing = fresh()
+        .load_pytorch(dir.join("nope.pth"), Strictness::Strict)
+        .unwrap_err();
     assert!(missing.to_string().contains("no such file"), "{missing}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -110,7 +179,9 @@ fn unreadable_files_give_a_read_error() {
 #[test]
 fn burnpack_and_safetensors_round_trips_are_bit_identical() {
     let device = cpu();
-    let (model, _) = fresh().load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict).unwrap();
+    let (model, _) = fresh()
+        .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict)
+        .unwrap();
     let x = Tensor::<4>::random([2, 3, 32, 32], Distribution::Default, &device);
     let expected = model.forward(x.clone()).into_data();
     let dir = std::env::temp_dir().join(format!("ibn-net-store-{}", std::process::id()));
@@ -122,7 +193,13 @@ fn burnpack_and_safetensors_round_trips_are_bit_identical() {
         assert_eq!(loaded.forward(x.clone()).into_data(), expected, "{file}");
         // A file of another architecture is refused.
         let other = net_config("net_densenet_a").init(&device).unwrap();
-        assert!(matches!(load_file(other, &path), Err(IbnError::CheckpointRead { .. })), "{file}");
+        assert!(
+            matches!(
+                load_file(other, &path),
+                Err(IbnError::CheckpointRead { .. })
+            ),
+            "{file}"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -12,7 +12,8 @@ use ibn_net::npy::NpyArray;
 fn folded_networks_match_the_unfolded_ones_and_pytorch() {
     let device = cpu();
     for name in CASES.iter().filter(|n| n.starts_with("net_")) {
-        let Case::Net(model, features_only) = Case::load(name, &format!("{name}.pth"), &device) else {
+        let Case::Net(model, features_only) = Case::load(name, &format!("{name}.pth"), &device)
+        else {
             unreachable!()
         };
         let x = tensor_from_npy(&format!("{name}.input.npy"), &device);
@@ -24,9 +25,22 @@ fn folded_networks_match_the_unfolded_ones_and_pytorch() {
         let unfolded = run(&model);
         let folded = model.fold_batch_norms();
         let reference = NpyArray::read(fixture(&format!("{name}.eval.npy"))).unwrap();
-        let as_npy = NpyArray { shape: unfolded.shape().to_vec(), data: unfolded.try_to_vec::<f32>().unwrap() };
-        let rel = assert_close(&format!("{name} folded vs unfolded"), &run(&folded), &as_npy, TOL);
-        assert_close(&format!("{name} folded vs PyTorch"), &run(&folded), &reference, TOL);
+        let as_npy = NpyArray {
+            shape: unfolded.shape().to_vec(),
+            data: unfolded.try_to_vec::<f32>().unwrap(),
+        };
+        let rel = assert_close(
+            &format!("{name} folded vs unfolded"),
+            &run(&folded),
+            &as_npy,
+            TOL,
+        );
+        assert_close(
+            &format!("{name} folded vs PyTorch"),
+            &run(&folded),
+            &reference,
+            TOL,
+        );
         println!("{name:<26} folded max rel error {rel:.2e}");
     }
 }
@@ -39,6 +53,9 @@ fn folding_a_named_model_keeps_its_output() {
     let x = Tensor::<4>::random([1, 3, 64, 64], Distribution::Default, &device);
     let before = model.forward(x.clone()).into_data();
     let after = model.fold_batch_norms().forward(x).into_data();
-    let before = NpyArray { shape: before.shape().to_vec(), data: before.try_to_vec::<f32>().unwrap() };
+    let before = NpyArray {
+        shape: before.shape().to_vec(),
+        data: before.try_to_vec::<f32>().unwrap(),
+    };
     assert_close("resnet18_ibn_b folded", &after, &before, TOL);
 }

@@ -30,7 +30,12 @@ fn train_outputs_and_running_stats_match_pytorch() {
         let case = Case::load(name, &format!("{name}.pth"), &device);
         let x = tensor_from_npy(&format!("{name}.input.npy"), &device);
         let reference = NpyArray::read(fixture(&format!("{name}.train.npy"))).unwrap();
-        let rel = assert_close(&format!("{name} (train)"), &case.forward(x), &reference, TOL);
+        let rel = assert_close(
+            &format!("{name} (train)"),
+            &case.forward(x),
+            &reference,
+            TOL,
+        );
         println!("{name:<28} train max rel error {rel:.2e}");
 
         // Running statistics after that one training-mode forward.
@@ -40,7 +45,10 @@ fn train_outputs_and_running_stats_match_pytorch() {
         assert_eq!(ours.len(), torch.len(), "{name}: tensor count");
         for ((n1, a), (n2, b)) in ours.iter().zip(&torch) {
             assert_eq!(n1, n2);
-            let b = NpyArray { shape: b.shape().to_vec(), data: b.try_to_vec::<f32>().unwrap() };
+            let b = NpyArray {
+                shape: b.shape().to_vec(),
+                data: b.try_to_vec::<f32>().unwrap(),
+            };
             assert_close(&format!("{name}: {n1} after one training step"), a, &b, TOL);
         }
     }
@@ -55,6 +63,11 @@ fn fixtures_load_strictly_on_a_valid_model() {
         let x = tensor_from_npy("net_resnet_basic_a.input.npy", &device);
         let reference = NpyArray::read(fixture("net_resnet_basic_a.eval.npy")).unwrap();
         use ibn_net::model::Backbone;
-        assert_close("valid()", &model.valid().forward(x).into_data(), &reference, TOL);
+        assert_close(
+            "valid()",
+            &model.valid().forward(x).into_data(),
+            &reference,
+            TOL,
+        );
     }
 }

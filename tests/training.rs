@@ -17,7 +17,8 @@ fn losses(config: NetConfig, device: &Device, steps: usize) -> Vec<f32> {
     device.seed(7);
     let mut model = config.init(&device).unwrap();
     let x = Tensor::<4>::random([8, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let labels = Tensor::<1, Int>::from_data(TensorData::from([0i64, 1, 2, 3, 0, 1, 2, 3]), &device);
+    let labels =
+        Tensor::<1, Int>::from_data(TensorData::from([0i64, 1, 2, 3, 0, 1, 2, 3]), &device);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut optim = SgdConfig::new().init();
     let mut history = Vec::new();
@@ -46,12 +47,18 @@ fn sgd_lowers_the_loss_on_every_backend() {
         let device = device_from_name(name).unwrap();
         let configs = [
             ("ibn-a", NetConfig::ResNet(tiny(BlockKind::Basic))),
-            ("ibn-b", NetConfig::ResNet(tiny(BlockKind::Bottleneck).with_ibn_b())),
+            (
+                "ibn-b",
+                NetConfig::ResNet(tiny(BlockKind::Bottleneck).with_ibn_b()),
+            ),
         ];
         for (label, config) in configs {
             let history = losses(config, &device, 6);
             println!("{name} {label}: {history:?}");
-            assert!(history.iter().all(|l| l.is_finite()), "{name} {label}: {history:?}");
+            assert!(
+                history.iter().all(|l| l.is_finite()),
+                "{name} {label}: {history:?}"
+            );
             assert!(
                 history.last().unwrap() < &(history[0] * 0.8),
                 "{name} {label}: loss did not fall by 20%: {history:?}"

@@ -70,9 +70,18 @@ fn every_named_model_maps_one_to_one_onto_the_released_keys() {
             .map(|t| (t.name, (t.is_parameter, t.shape)))
             .collect();
         let reference = reference_keys(name);
-        let missing: Vec<_> = reference.keys().filter(|k| !ours.contains_key(*k)).collect();
-        let extra: Vec<_> = ours.keys().filter(|k| !reference.contains_key(*k)).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{name}: missing {missing:?}, extra {extra:?}");
+        let missing: Vec<_> = reference
+            .keys()
+            .filter(|k| !ours.contains_key(*k))
+            .collect();
+        let extra: Vec<_> = ours
+            .keys()
+            .filter(|k| !reference.contains_key(*k))
+            .collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{name}: missing {missing:?}, extra {extra:?}"
+        );
         for (key, value) in &reference {
             assert_eq!(&ours[key], value, "{name}: {key}");
         }
@@ -85,11 +94,19 @@ fn registry_metadata_and_lookup() {
     assert_eq!(info.weights, Some("resnet50_ibn_a-d9d0bb7b.pth"));
     assert_eq!(info.imagenet_error, Some((22.54, 6.32)));
     assert_eq!(info.input_size, [3, 224, 224]);
-    assert_eq!(model_info("densenet169_ibn_a").unwrap().family, Family::DenseNet);
+    assert_eq!(
+        model_info("densenet169_ibn_a").unwrap().family,
+        Family::DenseNet
+    );
     assert_eq!(MODELS.iter().filter(|m| m.weights.is_some()).count(), 12);
 
-    let err = create_model("resnet51_ibn_a", &cpu()).unwrap_err().to_string();
-    assert!(err.contains("unknown model `resnet51_ibn_a`") && err.contains("resnet50_ibn_a"), "{err}");
+    let err = create_model("resnet51_ibn_a", &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown model `resnet51_ibn_a`") && err.contains("resnet50_ibn_a"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -97,10 +114,19 @@ fn named_models_have_the_expected_feature_maps() {
     let device = cpu();
     let model: IbnNet = ibn_net::model::resnet50_ibn_a(&device);
     let info = model.feature_info();
-    let summary: Vec<_> = info.iter().map(|f| (f.module.as_str(), f.channels, f.reduction)).collect();
+    let summary: Vec<_> = info
+        .iter()
+        .map(|f| (f.module.as_str(), f.channels, f.reduction))
+        .collect();
     assert_eq!(
         summary,
-        [("bn1", 64, 2), ("layer1", 256, 4), ("layer2", 512, 8), ("layer3", 1024, 16), ("layer4", 2048, 32)]
+        [
+            ("bn1", 64, 2),
+            ("layer1", 256, 4),
+            ("layer2", 512, 8),
+            ("layer3", 1024, 16),
+            ("layer4", 2048, 32)
+        ]
     );
     let dense = ibn_net::model::densenet121_ibn_a(&device);
     assert_eq!(dense.num_features(), 1024);
