@@ -9,10 +9,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::features::{
-    Backbone, FeatureInfo, check_indices, check_instance_norm, check_rank_channels, conv_out,
-    global_pool,
+    Backbone, FeatureInfo, check_indices, check_instance_norm, check_rank_channels, classifier,
+    conv_out, pooled_head,
 };
-use super::resnet::classifier;
 use crate::block::{
     DenseBlock, DenseBlockConfig, Transition, TransitionConfig, check_positive, conv,
 };
@@ -206,11 +205,7 @@ impl Backbone for DenseNetIbn {
     }
 
     fn forward_head(&self, features: Tensor<4>, pre_logits: bool) -> Tensor<2> {
-        let pooled = global_pool(features);
-        match (&self.classifier, pre_logits) {
-            (Some(fc), false) => fc.forward(pooled),
-            _ => pooled,
-        }
+        pooled_head(features, &self.classifier, pre_logits)
     }
 
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>> {

@@ -1,5 +1,6 @@
 //! The surface shared by every IBN family.
 
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::{IbnError, Result};
@@ -74,6 +75,21 @@ pub trait Backbone {
         self.validate_input(&input.dims())?;
         Ok(self.forward(input))
     }
+}
+
+/// Global average pool, then `fc` unless `pre_logits` or there is none:
+/// `[N, C, H, W] -> [N, classes]` or `[N, C]`.
+pub(crate) fn pooled_head(features: Tensor<4>, fc: &Option<Linear>, pre_logits: bool) -> Tensor<2> {
+    let pooled = global_pool(features);
+    match (fc, pre_logits) {
+        (Some(fc), false) => fc.forward(pooled),
+        _ => pooled,
+    }
+}
+
+/// A linear classifier with PyTorch's default initialisation, or none for 0 classes.
+pub(crate) fn classifier(features: usize, classes: usize, device: &Device) -> Option<Linear> {
+    (classes > 0).then(|| LinearConfig::new(features, classes).init(device))
 }
 
 /// Global average pool: `[N, C, H, W] -> [N, C]`.

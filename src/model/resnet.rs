@@ -4,14 +4,14 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::features::{
-    Backbone, FeatureInfo, check_indices, check_instance_norm, check_rank_channels, conv_out,
-    global_pool,
+    Backbone, FeatureInfo, check_indices, check_instance_norm, check_rank_channels, classifier,
+    conv_out, pooled_head,
 };
 use crate::block::{
     BasicBlock, BasicBlockConfig, Bottleneck, BottleneckConfig, IbnMode, check_positive, conv,
@@ -277,11 +277,6 @@ impl BlockConfig {
     }
 }
 
-/// A linear classifier with PyTorch's default initialisation, or none for 0 classes.
-pub(crate) fn classifier(features: usize, classes: usize, device: &Device) -> Option<Linear> {
-    (classes > 0).then(|| LinearConfig::new(features, classes).init(device))
-}
-
 /// One residual block of either type.
 // Variants are held inline: modules are built once and never moved in hot loops.
 #[allow(clippy::large_enum_variant)]
@@ -348,11 +343,7 @@ impl Backbone for ResNetIbn {
     }
 
     fn forward_head(&self, features: Tensor<4>, pre_logits: bool) -> Tensor<2> {
-        let pooled = global_pool(features);
-        match (&self.fc, pre_logits) {
-            (Some(fc), false) => fc.forward(pooled),
-            _ => pooled,
-        }
+        pooled_head(features, &self.fc, pre_logits)
     }
 
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>> {
