@@ -105,14 +105,15 @@ const INK: Rgb = [40, 40, 40];
 const GRID: Rgb = [225, 225, 225];
 
 /// Draws a grouped bar chart: one group per label, one bar per series, with the spread as
-/// an error bar, a 0-100 % axis, a title and a legend of coloured squares.
-pub fn bar_chart(title: &str, groups: &[String], series: &[Series]) -> Canvas {
-    let (left, right, top, bottom) = (70i64, 20i64, 70i64, 60i64);
+/// an error bar, a 0-100 % axis, a dashed reference line at `chance`, a title and a legend
+/// of coloured squares.
+pub fn bar_chart(title: &str, groups: &[String], series: &[Series], chance: f64) -> Canvas {
+    let (left, top, bottom) = (70i64, 70i64, 30i64);
     let bar_w = 16i64;
     let group_w = bar_w * series.len() as i64 + 24;
     let plot_w = group_w * groups.len() as i64;
     let plot_h = 300i64;
-    let width = left + plot_w + right;
+    let width = (left + plot_w + 20).max(left + Canvas::text_width(title, 2) + 20);
     let height = top + plot_h + bottom;
     let mut canvas = Canvas::new(width as usize, height as usize, WHITE);
     canvas.text(left, 12, title, 2, INK);
@@ -143,6 +144,20 @@ pub fn bar_chart(title: &str, groups: &[String], series: &[Series]) -> Canvas {
     }
     canvas.fill_rect(left, top, 1, plot_h + 1, INK);
     canvas.fill_rect(left, top + plot_h, plot_w, 1, INK);
+
+    // Chance level, dashed, drawn under the bars.
+    let y = y_of(chance);
+    for x in (left..left + plot_w).step_by(8) {
+        canvas.fill_rect(x, y, 4, 1, INK);
+    }
+    let label = "chance";
+    canvas.text(
+        left - 8 - Canvas::text_width(label, 1),
+        y - 3,
+        label,
+        1,
+        INK,
+    );
 
     for (g, label) in groups.iter().enumerate() {
         let gx = left + g as i64 * group_w + 12;

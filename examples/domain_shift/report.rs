@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::Variant;
 use crate::chart::{self, Canvas, Series};
-use crate::data::Domain;
+use crate::data::{CLASSES, Domain};
 
 /// The outcome of training one variant with one seed.
 #[derive(Clone, Debug)]
@@ -265,5 +265,5 @@ pub fn chart(summary: &Summary, seeds: usize) -> Canvas {
         })
         .collect::<Vec<_>>();
     let title = format!("Accuracy per domain, mean and std over {seeds} seed(s)");
-    chart::bar_chart(&title, &groups, &series)
+    chart::bar_chart(&title, &groups, &series, 1.0 / CLASSES.len() as f64)
 }
