@@ -2,7 +2,7 @@
 //! (median of timed runs after warm-up).
 //!
 //! ```text
-//! cargo bench --bench ibn [-- --device flex|ndarray|wgpu] [--iters N] [--quick]
+//! cargo bench --bench ibn [-- --device flex|ndarray|wgpu] [--iters N] [--quick] [--filter TEXT]
 //! ```
 //! Model timings against PyTorch on the same machine: `python3 scripts/compare.py`.
 
@@ -34,6 +34,13 @@ fn input(shape: [usize; 4], device: &Device) -> Tensor<4> {
 }
 
 /// Runs `forward` on `x` and waits for the result.
+/// Only benchmarks whose name contains this (`--filter`) run.
+static FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn selected(name: &str) -> bool {
+    name.contains(FILTER.get().map_or("", String::as_str))
+}
+
 fn bench(
     name: &str,
     shape: [usize; 4],
@@ -41,6 +48,9 @@ fn bench(
     x: &Tensor<4>,
     forward: impl Fn(Tensor<4>) -> Tensor<4>,
 ) {
+    if !selected(name) {
+        return;
+    }
     let device = x.device();
     let ms = median_ms(iters, || {
         let _ = forward(x.clone());
@@ -68,6 +78,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    FILTER.set(value("--filter").cloned().unwrap_or_default()).expect("set once");
     let batch = if quick { 2 } else { 8 };
     println!("device {device_name}, batch {batch}, median of {iters} runs\n");
     println!("{:<44} {:<18} {:>13}", "benchmark", "input", "time");
@@ -157,6 +168,9 @@ fn main() {
         "densenet121_ibn_a",
     ];
     for name in models.iter().take(if quick { 1 } else { models.len() }) {
+        if !selected(&format!("{name} (eval, folded)")) && !selected(&format!("{name} (eval)")) {
+            continue;
+        }
         let model = create_model(name, &device).expect("registered").valid();
         for b in [1, batch] {
             let shape = [b, 3, 224, 224];
