@@ -2,7 +2,7 @@
 """Generate PyTorch reference fixtures for the IBN-Net crate.
 
 The model code below is a parametrised re-statement of the authors' release
-(`ibnnet`, v1.0) as described in SPEC.md: module structure and state_dict key
+(`ibnnet`, v1.0): module structure and state_dict key
 names follow the release exactly, so that released checkpoints load strictly.
 
 Usage:  python3 scripts/make_fixtures.py      (writes tests/fixtures/)
@@ -20,7 +20,10 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures")
-KEYS_DIR = os.environ.get("IBN_KEYS_DIR", "/work/shared/reference/keys")
+KEYS_DIR = os.environ.get(
+    "IBN_KEYS_DIR",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference_keys"),
+)
 
 
 # ---------------------------------------------------------------------------
@@ -187,7 +190,7 @@ class ResNet(nn.Module):
         for i in range(blocks):
             # IBN-b: only the last block of the stage gets the post-add IN.
             # As in the release, the first block never gets IBN-b, so a
-            # ONE-block "b" stage gets no IN (SPEC.md: "only the last block" of longer stages).
+            # ONE-block "b" stage gets no IN ("only the last block" of longer stages).
             # No named model has a one-block stage.
             b_ibn = None if (ibn == "b" and (i == 0 or i < blocks - 1)) else ibn
             if i == 0:
@@ -428,7 +431,7 @@ def main():
         p = lambda suffix: os.path.join(OUT, name + suffix)
         sd = model.state_dict()
         torch.save(sd, p(".pth"))
-        if name == "net_resnet_basic_a":
+        if name in ("net_resnet_basic_a", "net_densenet_a"):
             wrapped = {"state_dict": OrderedDict(("module." + k, v) for k, v in sd.items())}
             torch.save(wrapped, p(".wrapped.pth"))
             torch.save(sd, p(".legacy.pth"), _use_new_zipfile_serialization=False)

@@ -18,23 +18,27 @@ fn fresh() -> IbnNet {
 #[test]
 fn every_checkpoint_format_loads_and_matches_pytorch() {
     let device = cpu();
-    let x = tensor_from_npy(&format!("{NET}.input.npy"), &device);
-    let reference = NpyArray::read(fixture(&format!("{NET}.eval.npy"))).unwrap();
-    for file in ["", ".wrapped", ".legacy", ".wrapped_legacy"] {
-        let path = fixture(&format!("{NET}{file}.pth"));
-        let (model, report) = fresh().load_pytorch(&path, Strictness::Strict).unwrap();
-        assert!(report.is_exact(), "{file}: {report}");
-        assert_eq!(
-            report.loaded.len(),
-            named_tensors(&model, model.keys()).len(),
-            "{file}"
-        );
-        assert_close(
-            &format!("{NET}{file}"),
-            &model.forward(x.clone()).into_data(),
-            &reference,
-            TOL,
-        );
+    // One network per name table: the ResNet family and DenseNet.
+    for net in [NET, "net_densenet_a"] {
+        let x = tensor_from_npy(&format!("{net}.input.npy"), &device);
+        let reference = NpyArray::read(fixture(&format!("{net}.eval.npy"))).unwrap();
+        for file in ["", ".wrapped", ".legacy", ".wrapped_legacy"] {
+            let path = fixture(&format!("{net}{file}.pth"));
+            let model = net_config(net).init(&device).unwrap();
+            let (model, report) = model.load_pytorch(&path, Strictness::Strict).unwrap();
+            assert!(report.is_exact(), "{net}{file}: {report}");
+            assert_eq!(
+                report.loaded.len(),
+                named_tensors(&model, model.keys()).len(),
+                "{net}{file}"
+            );
+            assert_close(
+                &format!("{net}{file}"),
+                &model.forward(x.clone()).into_data(),
+                &reference,
+                TOL,
+            );
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! The named models equal the released definitions: parameter counts (SPEC.md) and the full
-//! list of state_dict names and shapes (`../shared/reference/keys`, copied under
-//! `tests/reference_keys`).
+//! The named models equal the released definitions: parameter counts and the full list of
+//! state_dict names and shapes (`tests/reference_keys/<model>.txt`, one line per tensor:
+//! name, `param` or `buffer`, shape).
 
 mod common;
 
@@ -10,7 +10,7 @@ use common::*;
 use ibn_net::model::{Backbone, Family, IbnNet, MODELS, create_model, model_info, model_names};
 use ibn_net::weights::{named_tensors, num_parameters};
 
-/// Parameter counts of the released definitions, from SPEC.md.
+/// Parameter counts of the released definitions.
 const PARAMS: &[(&str, usize)] = &[
     ("resnet18_ibn_a", 11_689_512),
     ("resnet34_ibn_a", 21_797_672),
