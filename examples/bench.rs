@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--models a,b] [--batches 1,8] [--iters 10]
-//!     [--device flex|ndarray|wgpu|cuda] [--fold] [--no-train] [--json]
+//!     [--device flex|ndarray|wgpu] [--fold] [--no-train] [--json]
 //! ```
 
 use std::time::Instant;

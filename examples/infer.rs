@@ -9,7 +9,7 @@
 //! cargo run --release --example infer -- --model resnet50_ibn_a --weights resnet50_ibn_a-d9d0bb7b.pth \
 //!     --save resnet50_ibn_a.bpk
 //! ```
-//! Options: `--device flex|ndarray|wgpu|cuda` (default flex). `--input` is a float32 `[N, 3, H, W]`
+//! Options: `--device flex|ndarray|wgpu` (default flex). `--input` is a float32 `[N, 3, H, W]`
 //! array already normalised; `--image` files are resized (shorter side 256), centre-cropped to
 //! 224 and normalised with the model's mean and std. Errors are one line on stderr, exit code 1.
 

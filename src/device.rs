@@ -16,13 +16,13 @@ pub fn available_devices() -> Vec<&'static str> {
     if cfg!(feature = "wgpu") {
         names.push("wgpu");
     }
-    if cfg!(feature = "cuda") {
-        names.push("cuda");
-    }
     names
 }
 
-/// The device called `name`: `flex`, `ndarray`, `wgpu` (the default adapter) or `cuda` (GPU 0).
+/// The device called `name`: `flex`, `ndarray` or `wgpu` (the default adapter).
+///
+/// `cuda` is refused with an explanation: burn 0.22's CUDA backend downloads LLVM while it
+/// builds, so this crate does not offer it; `wgpu` runs on NVIDIA GPUs through Vulkan.
 ///
 /// # Errors
 /// [`IbnError::Device`] for an unknown name or a backend whose cargo feature is off.
@@ -54,12 +54,12 @@ pub fn device_from_name(name: &str) -> Result<Device> {
             #[cfg(not(feature = "wgpu"))]
             return Err(unavailable("wgpu"));
         }
-        "cuda" => {
-            #[cfg(feature = "cuda")]
-            return Ok(Device::cuda(0));
-            #[cfg(not(feature = "cuda"))]
-            return Err(unavailable("cuda"));
-        }
+        "cuda" => Err(IbnError::Device {
+            name: name.to_string(),
+            reason: "burn's CUDA backend is not offered by this crate (it downloads LLVM while \
+                     building); use `wgpu`, which runs on NVIDIA GPUs through Vulkan"
+                .to_string(),
+        }),
         _ => Err(IbnError::Device {
             name: name.to_string(),
             reason: format!(

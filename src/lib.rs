@@ -16,7 +16,7 @@
 //!   and every named model of the authors' zoo ([`model::MODELS`], [`model::create_model`]);
 //! - loading of the released PyTorch checkpoints with outputs equal to PyTorch's
 //!   ([`weights`]);
-//! - one code base for every burn device: flex, ndarray, wgpu, cuda, and autodiff for training.
+//! - one code base for every burn device: flex, ndarray, wgpu, and autodiff for training.
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};

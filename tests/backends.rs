@@ -33,9 +33,6 @@ fn check_on(device: &Device, label: &str) {
 #[test]
 fn every_backend_matches_pytorch() {
     for name in available_devices() {
-        if name == "cuda" {
-            continue; // needs a GPU; checked on GPU machines by the benchmark script.
-        }
         check_on(&device_from_name(name).unwrap(), name);
     }
 }
@@ -47,8 +44,13 @@ fn unknown_or_disabled_devices_are_named() {
         err.contains("`tpu`") && err.contains("unknown device"),
         "{err}"
     );
-    if !cfg!(feature = "cuda") {
-        let err = device_from_name("cuda").unwrap_err().to_string();
-        assert!(err.contains("`cuda` cargo feature"), "{err}");
+    let err = device_from_name("cuda").unwrap_err().to_string();
+    assert!(
+        err.contains("`cuda`") && err.contains("use `wgpu`"),
+        "{err}"
+    );
+    if !cfg!(feature = "wgpu") {
+        let err = device_from_name("wgpu").unwrap_err().to_string();
+        assert!(err.contains("`wgpu` cargo feature"), "{err}");
     }
 }

@@ -41,9 +41,6 @@ fn tiny(block: BlockKind) -> ResNetIbnConfig {
 #[test]
 fn sgd_lowers_the_loss_on_every_backend() {
     for name in available_devices() {
-        if name == "cuda" {
-            continue;
-        }
         let device = device_from_name(name).unwrap();
         let configs = [
             ("ibn-a", NetConfig::ResNet(tiny(BlockKind::Basic))),

@@ -14,7 +14,7 @@
 //!   --quick            smoke test: few steps, small sets, 2 seeds (well under a minute)
 //!   --seeds N          seeds per variant (default 3)
 //!   --steps N          training steps per run (default 500; 40 with --quick)
-//!   --device NAME      flex (default), ndarray, wgpu or cuda, as compiled in
+//!   --device NAME      flex (default), ndarray or wgpu, as compiled in
 //!   --out DIR          output folder (default target/domain_shift)
 //!   --batch N          batch size (default 64)
 //!   --lr X             peak Adam learning rate (default 0.002)

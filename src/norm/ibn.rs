@@ -134,21 +134,10 @@ impl Ibn {
         }
         let [n, _, _, _] = input.dims();
         let (ci, cb) = (self.instance_channels(), self.batch_channels());
-        let device = input.device();
-        let gamma = self
-            .instance
-            .weight
-            .as_ref()
-            .map_or_else(|| Tensor::ones([ci], &device), |p| p.val());
-        let beta = self
-            .instance
-            .bias
-            .as_ref()
-            .map_or_else(|| Tensor::zeros([ci], &device), |p| p.val());
         let in_start = if self.instance_first { 0 } else { cb };
-        let (in_scale, in_shift) =
-            self.instance
-                .instance_affine(input.clone().narrow(1, in_start, ci), gamma, beta);
+        let (in_scale, in_shift) = self
+            .instance
+            .instance_affine(input.clone().narrow(1, in_start, ci));
         let (bn_scale, bn_shift) = self.batch.affine_transform();
         let expand = |t: Tensor<1>| t.reshape([1, cb, 1]).repeat_dim(0, n);
         let (bn_scale, bn_shift) = (expand(bn_scale), expand(bn_shift));

@@ -89,15 +89,25 @@ impl InstanceNorm2dConfig {
 }
 
 impl InstanceNorm2d {
+    /// Scale and shift `[C]`: the affine parameters, or 1 and 0 without them.
+    fn gamma_beta(&self, device: &Device) -> (Tensor<1>, Tensor<1>) {
+        let c = self.num_features;
+        let gamma = self
+            .weight
+            .as_ref()
+            .map_or_else(|| Tensor::ones([c], device), |p| p.val());
+        let beta = self
+            .bias
+            .as_ref()
+            .map_or_else(|| Tensor::zeros([c], device), |p| p.val());
+        (gamma, beta)
+    }
+
     /// Per-(sample, channel) `scale` and `shift`, shapes `[N, C, 1]`, such that the
     /// normalised input is `x * scale + shift` (biased variance over `H x W`).
-    pub(crate) fn instance_affine(
-        &self,
-        input: Tensor<4>,
-        gamma: Tensor<1>,
-        beta: Tensor<1>,
-    ) -> (Tensor<3>, Tensor<3>) {
+    pub(crate) fn instance_affine(&self, input: Tensor<4>) -> (Tensor<3>, Tensor<3>) {
         let [n, c, h, w] = input.dims();
+        let (gamma, beta) = self.gamma_beta(&input.device());
         let x = input.reshape([n * c, 1, h * w]);
         let mean = x.clone().mean_dim(2);
         let centered = x - mean.clone();
@@ -115,32 +125,31 @@ impl InstanceNorm2d {
         (scale, shift)
     }
 
-    /// Normalises `input` with the generic composed path (a batch norm over the
-    /// `[1, N*C, H, W]` view), the reference the single-pass path is tested against.
+    /// Batch norm over the `[1, N*C, H, W]` view: every (sample, channel) plane normalised
+    /// over its own `H x W` values in one differentiable op. Returns the output and the
+    /// per-instance means and biased variances, `[N*C]`.
+    fn instance_batch_norm(&self, input: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+        let [n, c, h, w] = input.dims();
+        let (gamma, beta) = self.gamma_beta(&input.device());
+        let tile = |t: Tensor<1>| t.unsqueeze_dim::<2>(0).repeat_dim(0, n).reshape([n * c]);
+        let out = burn::tensor::module::batch_norm_train(
+            input.reshape([1, n * c, h, w]),
+            tile(gamma),
+            tile(beta),
+            self.epsilon,
+        );
+        (out.output.reshape([n, c, h, w]), out.mean, out.variance)
+    }
+
+    /// Normalises `input` with per-sample statistics through the generic composed path (a
+    /// batch norm over the `[1, N*C, H, W]` view), the reference the single-pass path is
+    /// tested against.
     ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]`
     /// - output: `[N, C, H, W]`
     pub fn forward_composed(&self, input: Tensor<4>) -> Tensor<4> {
-        let [n, c, h, w] = input.dims();
-        let device = input.device();
-        let gamma = self
-            .weight
-            .as_ref()
-            .map_or_else(|| Tensor::ones([c], &device), |p| p.val());
-        let beta = self
-            .bias
-            .as_ref()
-            .map_or_else(|| Tensor::zeros([c], &device), |p| p.val());
-        let tile = |t: Tensor<1>| t.unsqueeze_dim::<2>(0).repeat_dim(0, n).reshape([n * c]);
-        burn::tensor::module::batch_norm_train(
-            input.reshape([1, n * c, h, w]),
-            tile(gamma),
-            tile(beta),
-            self.epsilon,
-        )
-        .output
-        .reshape([n, c, h, w])
+        self.instance_batch_norm(input).0
     }
 
     /// Normalises `input`.
@@ -152,16 +161,9 @@ impl InstanceNorm2d {
         let [n, c, h, w] = input.dims();
         let device = input.device();
         let training = device.is_autodiff() && self.training.is_enabled();
-        let gamma = match &self.weight {
-            Some(weight) => weight.val(),
-            None => Tensor::ones([c], &device),
-        };
-        let beta = match &self.bias {
-            Some(bias) => bias.val(),
-            None => Tensor::zeros([c], &device),
-        };
 
         if let (Some(mean), Some(var), false) = (&self.running_mean, &self.running_var, training) {
+            let (gamma, beta) = self.gamma_beta(&device);
             return burn::tensor::module::batch_norm(
                 input,
                 gamma,
@@ -173,23 +175,12 @@ impl InstanceNorm2d {
         }
 
         if !training {
-            let (scale, shift) = self.instance_affine(input.clone(), gamma, beta);
+            let (scale, shift) = self.instance_affine(input.clone());
             return apply_affine(input, scale, shift);
         }
 
-        // Per-instance statistics: a batch norm over [1, N*C, H, W] normalises every
-        // (sample, channel) plane over its own H x W values, in one differentiable op.
-        let tile = |t: Tensor<1>| t.unsqueeze_dim::<2>(0).repeat_dim(0, n).reshape([n * c]);
-        let out = burn::tensor::module::batch_norm_train(
-            input.reshape([1, n * c, h, w]),
-            tile(gamma),
-            tile(beta),
-            self.epsilon,
-        );
-
-        if let (Some(running_mean), Some(running_var), true) =
-            (&self.running_mean, &self.running_var, training)
-        {
+        let (output, batch_mean, batch_var) = self.instance_batch_norm(input);
+        if let (Some(running_mean), Some(running_var)) = (&self.running_mean, &self.running_var) {
             let count = (h * w) as f64;
             let unbiased = if count > 1.0 {
                 count / (count - 1.0)
@@ -197,13 +188,8 @@ impl InstanceNorm2d {
                 1.0
             };
             let m = self.momentum;
-            let batch_mean = out.mean.detach().reshape([n, c]).mean_dim(0).reshape([c]);
-            let batch_var = out
-                .variance
-                .detach()
-                .reshape([n, c])
-                .mean_dim(0)
-                .reshape([c]);
+            let batch_mean = batch_mean.detach().reshape([n, c]).mean_dim(0).reshape([c]);
+            let batch_var = batch_var.detach().reshape([n, c]).mean_dim(0).reshape([c]);
             let mean = running_mean
                 .value_sync()
                 .to_device(&device)
@@ -217,8 +203,7 @@ impl InstanceNorm2d {
             running_mean.update(mean.detach());
             running_var.update(var.detach());
         }
-
-        out.output.reshape([n, c, h, w])
+        output
     }
 }
 
