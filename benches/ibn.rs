@@ -78,7 +78,9 @@ fn main() {
             std::process::exit(1);
         }
     };
-    FILTER.set(value("--filter").cloned().unwrap_or_default()).expect("set once");
+    FILTER
+        .set(value("--filter").cloned().unwrap_or_default())
+        .expect("set once");
     let batch = if quick { 2 } else { 8 };
     println!("device {device_name}, batch {batch}, median of {iters} runs\n");
     println!("{:<44} {:<18} {:>13}", "benchmark", "input", "time");
