@@ -111,34 +111,19 @@ impl BatchNorm2d {
 
     fn forward_train(&self, input: Tensor<4>) -> Tensor<4> {
         let [n, _, h, w] = input.dims();
-        let count = (n * h * w) as f64;
-        let device = input.device();
         let out = burn::tensor::module::batch_norm_train(
             input,
             self.weight.val(),
             self.bias.val(),
             self.epsilon,
         );
-        let unbiased = if count > 1.0 {
-            count / (count - 1.0)
-        } else {
-            1.0
-        };
-        let m = self.momentum;
-        let mean = self
-            .running_mean
-            .value_sync()
-            .to_device(&device)
-            .mul_scalar(1.0 - m)
-            .add(out.mean.detach().mul_scalar(m));
-        let var = self
-            .running_var
-            .value_sync()
-            .to_device(&device)
-            .mul_scalar(1.0 - m)
-            .add(out.variance.detach().mul_scalar(m * unbiased));
-        self.running_mean.update(mean.detach());
-        self.running_var.update(var.detach());
+        super::update_running_stats(
+            (&self.running_mean, &self.running_var),
+            out.mean,
+            out.variance,
+            n * h * w,
+            self.momentum,
+        );
         out.output
     }
 }

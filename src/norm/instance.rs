@@ -181,27 +181,15 @@ impl InstanceNorm2d {
 
         let (output, batch_mean, batch_var) = self.instance_batch_norm(input);
         if let (Some(running_mean), Some(running_var)) = (&self.running_mean, &self.running_var) {
-            let count = (h * w) as f64;
-            let unbiased = if count > 1.0 {
-                count / (count - 1.0)
-            } else {
-                1.0
-            };
-            let m = self.momentum;
-            let batch_mean = batch_mean.detach().reshape([n, c]).mean_dim(0).reshape([c]);
-            let batch_var = batch_var.detach().reshape([n, c]).mean_dim(0).reshape([c]);
-            let mean = running_mean
-                .value_sync()
-                .to_device(&device)
-                .mul_scalar(1.0 - m)
-                .add(batch_mean.mul_scalar(m));
-            let var = running_var
-                .value_sync()
-                .to_device(&device)
-                .mul_scalar(1.0 - m)
-                .add(batch_var.mul_scalar(m * unbiased));
-            running_mean.update(mean.detach());
-            running_var.update(var.detach());
+            // The batch average of the per-instance statistics.
+            let per_channel = |t: Tensor<1>| t.reshape([n, c]).mean_dim(0).reshape([c]);
+            super::update_running_stats(
+                (running_mean, running_var),
+                per_channel(batch_mean.detach()),
+                per_channel(batch_var.detach()),
+                h * w,
+                self.momentum,
+            );
         }
         output
     }

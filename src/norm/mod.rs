@@ -9,8 +9,35 @@ pub use batch::{BatchNorm2d, BatchNorm2dConfig};
 pub use ibn::{Ibn, IbnConfig, IbnOrder};
 pub use instance::{InstanceNorm2d, InstanceNorm2dConfig};
 
-use burn::module::Module;
+use burn::module::{Module, RunningState};
 use burn::tensor::Tensor;
+
+/// PyTorch's running-statistics update: `running = (1 - momentum) * running + momentum * batch`,
+/// with the batch variance made unbiased over `count` values per channel (`count / (count - 1)`).
+pub(crate) fn update_running_stats(
+    (running_mean, running_var): (&RunningState<Tensor<1>>, &RunningState<Tensor<1>>),
+    batch_mean: Tensor<1>,
+    batch_var: Tensor<1>,
+    count: usize,
+    momentum: f64,
+) {
+    let device = batch_mean.device();
+    let unbiased = if count > 1 {
+        count as f64 / (count - 1) as f64
+    } else {
+        1.0
+    };
+    let blend = |state: &RunningState<Tensor<1>>, batch: Tensor<1>, scale: f64| {
+        let value = state
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - momentum)
+            .add(batch.detach().mul_scalar(momentum * scale));
+        state.update(value.detach());
+    };
+    blend(running_mean, batch_mean, 1.0);
+    blend(running_var, batch_var, unbiased);
+}
 
 /// One of the three normalisations a block position can hold.
 ///

@@ -19,6 +19,11 @@ pub struct TensorEntry {
     pub is_parameter: bool,
 }
 
+/// Running statistics are buffers, everything else is a parameter (as in PyTorch).
+fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
 /// Every tensor of `module` with its PyTorch name and shape, in module order.
 pub fn named_tensors<M: Module>(module: &M, keys: &KeyMap) -> Vec<TensorEntry> {
     module
@@ -26,7 +31,7 @@ pub fn named_tensors<M: Module>(module: &M, keys: &KeyMap) -> Vec<TensorEntry> {
         .into_iter()
         .map(|t| {
             let name = keys.to_torch(&t.name);
-            let is_parameter = !(name.ends_with("running_mean") || name.ends_with("running_var"));
+            let is_parameter = !is_buffer(&name);
             TensorEntry {
                 name,
                 shape: t.shape.to_vec(),
@@ -41,7 +46,7 @@ pub fn num_parameters<M: Module>(module: &M) -> usize {
     module
         .collect(None, None, true)
         .iter()
-        .filter(|t| !(t.name.ends_with("running_mean") || t.name.ends_with("running_var")))
+        .filter(|t| !is_buffer(&t.name))
         .map(|t| t.shape.iter().product::<usize>())
         .sum()
 }
