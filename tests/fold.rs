@@ -25,10 +25,7 @@ fn folded_networks_match_the_unfolded_ones_and_pytorch() {
         let unfolded = run(&model);
         let folded = model.fold_batch_norms();
         let reference = NpyArray::read(fixture(&format!("{name}.eval.npy"))).unwrap();
-        let as_npy = NpyArray {
-            shape: unfolded.shape().to_vec(),
-            data: unfolded.try_to_vec::<f32>().unwrap(),
-        };
+        let as_npy = npy_of(&unfolded);
         let rel = assert_close(
             &format!("{name} folded vs unfolded"),
             &run(&folded),
@@ -53,9 +50,6 @@ fn folding_a_named_model_keeps_its_output() {
     let x = Tensor::<4>::random([1, 3, 64, 64], Distribution::Default, &device);
     let before = model.forward(x.clone()).into_data();
     let after = model.fold_batch_norms().forward(x).into_data();
-    let before = NpyArray {
-        shape: before.shape().to_vec(),
-        data: before.try_to_vec::<f32>().unwrap(),
-    };
+    let before = npy_of(&before);
     assert_close("resnet18_ibn_b folded", &after, &before, TOL);
 }

@@ -10,11 +10,7 @@ use ibn_net::norm::{IbnConfig, InstanceNorm2dConfig};
 use ibn_net::npy::NpyArray;
 
 fn as_npy(t: Tensor<4>) -> NpyArray {
-    let data = t.into_data();
-    NpyArray {
-        shape: data.shape().to_vec(),
-        data: data.try_to_vec::<f32>().unwrap(),
-    }
+    npy_of(&t.into_data())
 }
 
 #[test]

@@ -45,11 +45,12 @@ fn train_outputs_and_running_stats_match_pytorch() {
         assert_eq!(ours.len(), torch.len(), "{name}: tensor count");
         for ((n1, a), (n2, b)) in ours.iter().zip(&torch) {
             assert_eq!(n1, n2);
-            let b = NpyArray {
-                shape: b.shape().to_vec(),
-                data: b.try_to_vec::<f32>().unwrap(),
-            };
-            assert_close(&format!("{name}: {n1} after one training step"), a, &b, TOL);
+            assert_close(
+                &format!("{name}: {n1} after one training step"),
+                a,
+                &npy_of(b),
+                TOL,
+            );
         }
     }
 }

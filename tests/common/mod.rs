@@ -36,6 +36,14 @@ pub fn tensor_from_npy(path: &str, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(array.data, shape), device)
 }
 
+/// `data` as an [`NpyArray`], to serve as the reference of [`assert_close`].
+pub fn npy_of(data: &TensorData) -> NpyArray {
+    NpyArray {
+        shape: data.shape().to_vec(),
+        data: data.try_to_vec::<f32>().unwrap(),
+    }
+}
+
 /// Max abs difference relative to max |reference|; panics with context over `tol`.
 pub fn assert_close(what: &str, ours: &TensorData, reference: &NpyArray, tol: f32) -> f32 {
     assert_eq!(ours.shape().to_vec(), reference.shape, "{what}: shape");
