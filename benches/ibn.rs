@@ -90,23 +90,66 @@ fn main() {
         let shape = [batch, channels, size, size];
         let x = input(shape, &device);
         let bn = BatchNorm2dConfig::new(channels).init(&device);
-        bench("batch norm (eval)", shape, iters, &x, |x| bn.forward(x));
+        bench("batch norm (eval), composed", shape, iters, &x, |x| {
+            bn.forward_composed(x)
+        });
+        bench("batch norm (eval), fused kernel", shape, iters, &x, |x| {
+            bn.forward(x)
+        });
         let inorm = InstanceNorm2dConfig::new(channels)
             .with_affine(true)
             .init(&device);
         bench("instance norm, composed", shape, iters, &x, |x| {
             inorm.forward_composed(x)
         });
-        bench("instance norm, single pass", shape, iters, &x, |x| {
+        bench("instance norm, fused kernel", shape, iters, &x, |x| {
             inorm.forward(x)
         });
         let ibn = IbnConfig::new(channels).init(&device).expect("valid");
         bench("ibn layer [IN|BN], composed", shape, iters, &x, |x| {
             ibn.forward_composed(x)
         });
-        bench("ibn layer [IN|BN], single pass", shape, iters, &x, |x| {
+        bench("ibn layer [IN|BN], fused kernel", shape, iters, &x, |x| {
             ibn.forward(x)
         });
+    }
+
+    // Training steps of the norm layers (forward + backward on an autodiff device).
+    #[cfg(feature = "autodiff")]
+    {
+        let train = device.clone().autodiff();
+        // Forward, then the input gradient of the sum of the output.
+        fn step(x: Tensor<4>, forward: impl Fn(Tensor<4>) -> Tensor<4>) -> Tensor<4> {
+            let x = x.require_grad();
+            let grads = forward(x.clone()).sum().backward();
+            x.grad(&grads).expect("input gradient")
+        }
+        for (channels, size) in [(64, 56), (256, 14)] {
+            let shape = [batch, channels, size, size];
+            let x = input(shape, &train);
+            let bn = BatchNorm2dConfig::new(channels).init(&train);
+            bench("batch norm train step, composed", shape, iters, &x, |x| {
+                step(x, |x| bn.forward_composed(x))
+            });
+            bench(
+                "batch norm train step, fused kernel",
+                shape,
+                iters,
+                &x,
+                |x| step(x, |x| bn.forward(x)),
+            );
+            let ibn = IbnConfig::new(channels).init(&train).expect("valid");
+            bench("ibn layer train step, composed", shape, iters, &x, |x| {
+                step(x, |x| ibn.forward_composed(x))
+            });
+            bench(
+                "ibn layer train step, fused kernel",
+                shape,
+                iters,
+                &x,
+                |x| step(x, |x| ibn.forward(x)),
+            );
+        }
     }
 
     // Blocks, stage-1 shapes of the released models.

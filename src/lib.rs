@@ -16,7 +16,8 @@
 //!   and every named model of the authors' zoo ([`model::MODELS`], [`model::create_model`]);
 //! - loading of the released PyTorch checkpoints with outputs equal to PyTorch's
 //!   ([`weights`]);
-//! - one code base for every burn device: flex, ndarray, wgpu, and autodiff for training.
+//! - one code base for every burn device: flex, ndarray, wgpu, and autodiff for training,
+//!   with fused normalisation kernels and hand-written backward passes ([`kernel`]).
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};
@@ -43,6 +44,7 @@
 pub mod block;
 pub mod device;
 pub mod error;
+pub mod kernel;
 pub mod model;
 pub mod norm;
 pub mod npy;

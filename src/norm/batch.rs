@@ -78,7 +78,9 @@ impl BatchNorm2d {
         input.device().is_autodiff() && self.training.is_enabled()
     }
 
-    /// Normalises `input`.
+    /// Normalises `input` in one pass ([`kernel::plane_norm`](crate::kernel::plane_norm)):
+    /// with the running statistics, or in training with the batch statistics (computed from
+    /// [`kernel::plane_moments`](crate::kernel::plane_moments)), updating the running ones.
     ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]`
@@ -87,19 +89,64 @@ impl BatchNorm2d {
         if self.folded {
             return input;
         }
-        if self.is_training_for(&input) {
-            self.forward_train(input)
-        } else {
-            let device = input.device();
-            burn::tensor::module::batch_norm(
-                input,
-                self.weight.val(),
-                self.bias.val(),
-                self.running_mean.value().to_device(&device),
-                self.running_var.value().to_device(&device),
-                self.epsilon,
-            )
+        let (scale, shift) = self.transform_for(&input);
+        crate::kernel::plane_norm(input, scale, shift, 0..0, self.epsilon)
+    }
+
+    /// The generic composed path (burn's `batch_norm` / `batch_norm_train`), the reference
+    /// for [`forward`](Self::forward). Updates the running statistics in training alike.
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]`
+    /// - output: `[N, C, H, W]`
+    pub fn forward_composed(&self, input: Tensor<4>) -> Tensor<4> {
+        if self.folded {
+            return input;
         }
+        if self.is_training_for(&input) {
+            return self.forward_train(input);
+        }
+        let device = input.device();
+        burn::tensor::module::batch_norm(
+            input,
+            self.weight.val(),
+            self.bias.val(),
+            self.running_mean.value().to_device(&device),
+            self.running_var.value().to_device(&device),
+            self.epsilon,
+        )
+    }
+
+    /// Per-channel `(scale, shift)` `[C]` such that this layer maps `input` to
+    /// `input * scale + shift`: from the running statistics, or in training from the batch
+    /// statistics of `input` (differentiable; the running statistics are updated). A folded
+    /// layer gives the identity.
+    pub(crate) fn transform_for(&self, input: &Tensor<4>) -> (Tensor<1>, Tensor<1>) {
+        let c = self.num_features();
+        if self.folded {
+            let device = input.device();
+            return (Tensor::ones([c], &device), Tensor::zeros([c], &device));
+        }
+        if !self.is_training_for(input) {
+            return self.affine_transform();
+        }
+        let [n, _, h, w] = input.dims();
+        let (plane_mean, plane_var) = crate::kernel::plane_moments(input.clone());
+        // Batch statistics from the per-plane ones (law of total variance, no cancellation).
+        let mean = plane_mean.clone().mean_dim(0);
+        let spread = (plane_mean - mean.clone()).powi_scalar(2);
+        let var = (plane_var + spread).mean_dim(0).reshape([c]);
+        let mean = mean.reshape([c]);
+        super::update_running_stats(
+            (&self.running_mean, &self.running_var),
+            mean.clone(),
+            var.clone(),
+            n * h * w,
+            self.momentum,
+        );
+        let scale = self.weight.val() / var.add_scalar(self.epsilon).sqrt();
+        let shift = self.bias.val() - mean * scale.clone();
+        (scale, shift)
     }
 
     /// Per-channel `(scale, shift)` of the evaluation transform `y = scale * x + shift`.

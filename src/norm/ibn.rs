@@ -117,42 +117,45 @@ impl Ibn {
         self.batch.num_features()
     }
 
-    /// Normalises `input`.
-    ///
-    /// Outside training the whole layer is one per-(sample, channel) affine map
-    /// `x * scale + shift`: the IN section's statistics are computed per sample, the BN
-    /// section's come from the running statistics, and the output is written in one pass with
-    /// no split or concatenation of the activations. In training the sections go through
-    /// [`forward_composed`](Self::forward_composed).
+    /// Normalises `input` in one pass ([`kernel::plane_norm`](crate::kernel::plane_norm)):
+    /// the IN section with per-(sample, channel) statistics, the BN section with its running
+    /// statistics (or, in training, its batch statistics), one output tensor, no split or
+    /// concatenation of the activations.
     ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]` with `C = instance_channels + batch_channels`
     /// - output: `[N, C, H, W]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        if self.batch.is_training_for(&input) || self.batch.folded {
-            return self.forward_composed(input);
-        }
-        let [n, _, _, _] = input.dims();
         let (ci, cb) = (self.instance_channels(), self.batch_channels());
-        let in_start = if self.instance_first { 0 } else { cb };
-        let (in_scale, in_shift) = self
+        let (in_start, bn_start) = if self.instance_first {
+            (0, ci)
+        } else {
+            (cb, 0)
+        };
+        let (in_scale, in_shift, _) = self
             .instance
-            .instance_affine(input.clone().narrow(1, in_start, ci));
-        let (bn_scale, bn_shift) = self.batch.affine_transform();
-        let expand = |t: Tensor<1>| t.reshape([1, cb, 1]).repeat_dim(0, n);
-        let (bn_scale, bn_shift) = (expand(bn_scale), expand(bn_shift));
+            .plan_for(&input.clone().narrow(1, in_start, ci));
+        let (bn_scale, bn_shift) = self
+            .batch
+            .transform_for(&input.clone().narrow(1, bn_start, cb));
         let (scale, shift) = if self.instance_first {
             (
-                Tensor::cat(vec![in_scale, bn_scale], 1),
-                Tensor::cat(vec![in_shift, bn_shift], 1),
+                Tensor::cat(vec![in_scale, bn_scale], 0),
+                Tensor::cat(vec![in_shift, bn_shift], 0),
             )
         } else {
             (
-                Tensor::cat(vec![bn_scale, in_scale], 1),
-                Tensor::cat(vec![bn_shift, in_shift], 1),
+                Tensor::cat(vec![bn_scale, in_scale], 0),
+                Tensor::cat(vec![bn_shift, in_shift], 0),
             )
         };
-        super::instance::apply_affine(input, scale, shift)
+        crate::kernel::plane_norm(
+            input,
+            scale,
+            shift,
+            in_start..in_start + ci,
+            self.instance.epsilon,
+        )
     }
 
     /// The generic composed path: split, [`InstanceNorm2d`] and [`BatchNorm2d`] on the two
@@ -168,14 +171,20 @@ impl Ibn {
             let a = input.clone().narrow(1, 0, ci);
             let b = input.narrow(1, ci, cb);
             Tensor::cat(
-                vec![self.instance.forward_composed(a), self.batch.forward(b)],
+                vec![
+                    self.instance.forward_composed(a),
+                    self.batch.forward_composed(b),
+                ],
                 1,
             )
         } else {
             let a = input.clone().narrow(1, 0, cb);
             let b = input.narrow(1, cb, ci);
             Tensor::cat(
-                vec![self.batch.forward(a), self.instance.forward_composed(b)],
+                vec![
+                    self.batch.forward_composed(a),
+                    self.instance.forward_composed(b),
+                ],
                 1,
             )
         }

@@ -1,5 +1,7 @@
 //! InstanceNorm with PyTorch `InstanceNorm2d` semantics.
 
+use core::ops::Range;
+
 use burn::config::Config;
 use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::Initializer;
@@ -103,28 +105,6 @@ impl InstanceNorm2d {
         (gamma, beta)
     }
 
-    /// Per-(sample, channel) `scale` and `shift`, shapes `[N, C, 1]`, such that the
-    /// normalised input is `x * scale + shift` (biased variance over `H x W`).
-    pub(crate) fn instance_affine(&self, input: Tensor<4>) -> (Tensor<3>, Tensor<3>) {
-        let [n, c, h, w] = input.dims();
-        let (gamma, beta) = self.gamma_beta(&input.device());
-        let x = input.reshape([n * c, 1, h * w]);
-        let mean = x.clone().mean_dim(2);
-        let centered = x - mean.clone();
-        // Sum of squares as a batched [1, HW] x [HW, 1] product: two-pass and exact like
-        // `var_mean_bias`, and on flex it avoids a slow elementwise path that large
-        // (> ~1M values) broadcast results take (40x slower at [8, 64, 56, 56]).
-        let var = centered
-            .clone()
-            .matmul(centered.swap_dims(1, 2))
-            .div_scalar((h * w) as f64)
-            .reshape([n, c, 1]);
-        let mean = mean.reshape([n, c, 1]);
-        let scale = var.add_scalar(self.epsilon).sqrt().recip() * gamma.reshape([1, c, 1]);
-        let shift = beta.reshape([1, c, 1]) - mean * scale.clone();
-        (scale, shift)
-    }
-
     /// Batch norm over the `[1, N*C, H, W]` view: every (sample, channel) plane normalised
     /// over its own `H x W` values in one differentiable op. Returns the output and the
     /// per-instance means and biased variances, `[N*C]`.
@@ -141,27 +121,18 @@ impl InstanceNorm2d {
         (out.output.reshape([n, c, h, w]), out.mean, out.variance)
     }
 
-    /// Normalises `input` with per-sample statistics through the generic composed path (a
-    /// batch norm over the `[1, N*C, H, W]` view), the reference the single-pass path is
-    /// tested against.
+    /// The generic composed path, the reference for [`forward`](Self::forward): per-sample
+    /// statistics through a batch norm over the `[1, N*C, H, W]` view (burn's
+    /// `batch_norm_train`), running statistics through burn's `batch_norm`. Updates the
+    /// running statistics in training alike.
     ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]`
     /// - output: `[N, C, H, W]`
     pub fn forward_composed(&self, input: Tensor<4>) -> Tensor<4> {
-        self.instance_batch_norm(input).0
-    }
-
-    /// Normalises `input`.
-    ///
-    /// # Shapes
-    /// - `input`: `[N, C, H, W]` with `H * W > 1` when per-sample statistics are used
-    /// - output: `[N, C, H, W]`
-    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let [n, c, h, w] = input.dims();
         let device = input.device();
         let training = device.is_autodiff() && self.training.is_enabled();
-
         if let (Some(mean), Some(var), false) = (&self.running_mean, &self.running_var, training) {
             let (gamma, beta) = self.gamma_beta(&device);
             return burn::tensor::module::batch_norm(
@@ -173,15 +144,10 @@ impl InstanceNorm2d {
                 self.epsilon,
             );
         }
-
-        if !training {
-            let (scale, shift) = self.instance_affine(input.clone());
-            return apply_affine(input, scale, shift);
-        }
-
         let (output, batch_mean, batch_var) = self.instance_batch_norm(input);
-        if let (Some(running_mean), Some(running_var)) = (&self.running_mean, &self.running_var) {
-            // The batch average of the per-instance statistics.
+        if let (Some(running_mean), Some(running_var), true) =
+            (&self.running_mean, &self.running_var, training)
+        {
             let per_channel = |t: Tensor<1>| t.reshape([n, c]).mean_dim(0).reshape([c]);
             super::update_running_stats(
                 (running_mean, running_var),
@@ -193,10 +159,49 @@ impl InstanceNorm2d {
         }
         output
     }
-}
 
-/// `x * scale + shift` with per-(sample, channel) `scale`, `shift` of shape `[N, C, 1]`.
-pub(crate) fn apply_affine(input: Tensor<4>, scale: Tensor<3>, shift: Tensor<3>) -> Tensor<4> {
-    let [n, c, h, w] = input.dims();
-    (input.reshape([n, c, h * w]) * scale + shift).reshape([n, c, h, w])
+    /// Per-channel `(scale, shift)` `[C]` and the channels normalised with per-sample
+    /// statistics such that [`kernel::plane_norm`](crate::kernel::plane_norm) computes this
+    /// layer; updates the running statistics in training.
+    pub(crate) fn plan_for(&self, input: &Tensor<4>) -> (Tensor<1>, Tensor<1>, Range<usize>) {
+        let [_, c, h, w] = input.dims();
+        let device = input.device();
+        let training = device.is_autodiff() && self.training.is_enabled();
+        let (gamma, beta) = self.gamma_beta(&device);
+        match (&self.running_mean, &self.running_var) {
+            (Some(mean), Some(var)) if !training => {
+                let scale = gamma
+                    / var
+                        .value()
+                        .to_device(&device)
+                        .add_scalar(self.epsilon)
+                        .sqrt();
+                let shift = beta - mean.value().to_device(&device) * scale.clone();
+                (scale, shift, 0..0)
+            }
+            (Some(running_mean), Some(running_var)) => {
+                // The batch average of the per-instance statistics.
+                let (mean, var) = crate::kernel::plane_moments(input.clone().detach());
+                super::update_running_stats(
+                    (running_mean, running_var),
+                    mean.mean_dim(0).reshape([c]),
+                    var.mean_dim(0).reshape([c]),
+                    h * w,
+                    self.momentum,
+                );
+                (gamma, beta, 0..c)
+            }
+            _ => (gamma, beta, 0..c),
+        }
+    }
+
+    /// Normalises `input` in one pass ([`kernel::plane_norm`](crate::kernel::plane_norm)).
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]` with `H * W > 1` when per-sample statistics are used
+    /// - output: `[N, C, H, W]`
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let (scale, shift, stats) = self.plan_for(&input);
+        crate::kernel::plane_norm(input, scale, shift, stats, self.epsilon)
+    }
 }

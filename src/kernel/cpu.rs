@@ -1,0 +1,345 @@
+//! The kernels on CPU backends (flex, ndarray): plain Rust over contiguous `f32` planes,
+//! one rayon task per chunk of (sample, channel) planes, statistics accumulated in `f64`.
+
+use core::ops::Range;
+
+/// Lanes of the `f64` accumulators: independent partial sums so the loops vectorise.
+const LANES: usize = 8;
+
+/// `sum(f(v))` over `values`, accumulated in `f64`.
+#[inline]
+fn sum_f64(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
+    }
+    let tail: f64 = rest.iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Mean and biased variance of one plane (two passes).
+#[inline]
+fn mean_var(plane: &[f32]) -> (f64, f64) {
+    let m = plane.len() as f64;
+    let mean = sum_f64(plane, |v| v as f64) / m;
+    let var = sum_f64(plane, |v| {
+        let d = v as f64 - mean;
+        d * d
+    }) / m;
+    (mean, var)
+}
+
+/// `y = x * a + b` over one plane.
+#[inline]
+fn affine(x: &[f32], y: &mut [f32], a: f32, b: f32) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = x * a + b;
+    }
+}
+
+/// Forward of `plane_norm` on a contiguous `[N, C, H, W]` buffer.
+pub(super) fn norm_forward(
+    x: &[f32],
+    [_, c, h, w]: [usize; 4],
+    scale: &[f32],
+    shift: &[f32],
+    stats: Range<usize>,
+    epsilon: f32,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let hw = h * w;
+    let mut out = vec![0.0f32; x.len()];
+    if hw == 0 {
+        return out;
+    }
+    out.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(p, (y, x))| {
+            let ch = p % c;
+            let (a, b) = if stats.contains(&ch) {
+                let (mean, var) = mean_var(x);
+                let a = scale[ch] as f64 / (var + epsilon as f64).sqrt();
+                (a as f32, (shift[ch] as f64 - mean * a) as f32)
+            } else {
+                (scale[ch], shift[ch])
+            };
+            affine(x, y, a, b);
+        });
+    out
+}
+
+/// Backward of `plane_norm`: `(dx, dscale [C], dshift [C])`.
+pub(super) fn norm_backward(
+    x: &[f32],
+    grad: &[f32],
+    [n, c, h, w]: [usize; 4],
+    scale: &[f32],
+    stats: Range<usize>,
+    epsilon: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    let hw = h * w;
+    let mut dx = vec![0.0f32; x.len()];
+    let mut sums = vec![(0.0f64, 0.0f64); n * c];
+    if hw > 0 {
+        dx.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw).zip(grad.par_chunks(hw)))
+            .zip(sums.par_iter_mut())
+            .enumerate()
+            .for_each(|(p, ((dx, (x, g)), sums))| {
+                let ch = p % c;
+                let m = hw as f64;
+                if stats.contains(&ch) {
+                    let (mean, var) = mean_var(x);
+                    let rstd = 1.0 / (var + epsilon as f64).sqrt();
+                    let sum_g = sum_f64(g, |v| v as f64);
+                    let sum_gx = x
+                        .iter()
+                        .zip(g)
+                        .map(|(&x, &g)| g as f64 * (x as f64 - mean))
+                        .sum::<f64>()
+                        * rstd;
+                    // dx = scale * rstd * (g - mean(g) - xhat * mean(g * xhat))
+                    let k = scale[ch] as f64 * rstd;
+                    let a = (k) as f32;
+                    let b = (-k * sum_g / m) as f32;
+                    let cx = (-k * sum_gx * rstd / m) as f32;
+                    let mean = mean as f32;
+                    for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+                        *dx = g * a + (x - mean) * cx + b;
+                    }
+                    *sums = (sum_gx, sum_g);
+                } else {
+                    let sum_g = sum_f64(g, |v| v as f64);
+                    let sum_gx = x
+                        .iter()
+                        .zip(g)
+                        .map(|(&x, &g)| g as f64 * x as f64)
+                        .sum::<f64>();
+                    affine(g, dx, scale[ch], 0.0);
+                    *sums = (sum_gx, sum_g);
+                }
+            });
+    }
+    let mut dscale = vec![0.0f32; c];
+    let mut dshift = vec![0.0f32; c];
+    for ch in 0..c {
+        let (s, b) = (0..n).fold((0.0, 0.0), |(s, b), i| {
+            let (gs, gb) = sums[i * c + ch];
+            (s + gs, b + gb)
+        });
+        dscale[ch] = s as f32;
+        dshift[ch] = b as f32;
+    }
+    (dx, dscale, dshift)
+}
+
+/// `plane_moments`: `[2, N, C]`, means then biased variances.
+pub(super) fn moments(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let hw = h * w;
+    let planes = n * c;
+    let stats: Vec<(f64, f64)> = if hw == 0 {
+        vec![(f64::NAN, f64::NAN); planes]
+    } else {
+        x.par_chunks(hw).map(mean_var).collect()
+    };
+    let mut out = vec![0.0f32; 2 * planes];
+    for (p, (mean, var)) in stats.into_iter().enumerate() {
+        out[p] = mean as f32;
+        out[planes + p] = var as f32;
+    }
+    out
+}
+
+/// Input gradient of `plane_moments`.
+pub(super) fn moments_backward(
+    x: &[f32],
+    moments: &[f32],
+    grad: &[f32],
+    [n, c, h, w]: [usize; 4],
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let hw = h * w;
+    let planes = n * c;
+    let mut dx = vec![0.0f32; x.len()];
+    if hw == 0 {
+        return dx;
+    }
+    let m = hw as f32;
+    dx.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(p, (dx, x))| {
+            let mean = moments[p];
+            let (g_mean, g_var) = (grad[p], grad[planes + p]);
+            // dx = g_mean / M + g_var * 2 (x - mean) / M
+            let a = 2.0 * g_var / m;
+            affine(x, dx, a, g_mean / m - a * mean);
+        });
+    dx
+}
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod backends {
+    use burn::backend::tensor::FloatTensor;
+    use burn::backend::{Backend, TensorMetadata};
+    use burn::tensor::{DType, Shape, TensorData};
+
+    use super::super::{NormKernels, dims4};
+
+    /// Reads a CPU tensor as contiguous `f32` values.
+    fn read<B: Backend>(x: FloatTensor<B>) -> Vec<f32> {
+        let data = ready(B::float_into_data(x)).expect("reading a CPU tensor cannot fail");
+        match data.dtype() {
+            DType::F32 => data.try_into_vec::<f32>(),
+            _ => data.convert::<f32>().try_into_vec::<f32>(),
+        }
+        .expect("f32 data")
+    }
+
+    /// A tensor on `device` from `f32` values, in `dtype`.
+    fn write<B: Backend>(
+        values: Vec<f32>,
+        shape: Shape,
+        dtype: DType,
+        device: &B::Device,
+    ) -> FloatTensor<B> {
+        let data = TensorData::new(values, shape);
+        let data = if dtype == DType::F32 {
+            data
+        } else {
+            data.convert_dtype(dtype)
+        };
+        B::float_from_data(data, device)
+    }
+
+    /// Runs a future that CPU backends complete immediately.
+    fn ready<F: Future>(future: F) -> F::Output {
+        let mut future = core::pin::pin!(future);
+        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+        loop {
+            if let core::task::Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+                return value;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    pub(in super::super) fn plane_norm<B: Backend>(
+        x: FloatTensor<B>,
+        scale: FloatTensor<B>,
+        shift: FloatTensor<B>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+    ) -> FloatTensor<B> {
+        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
+        let out = super::norm_forward(
+            &read::<B>(x),
+            dims4(&shape),
+            &read::<B>(scale),
+            &read::<B>(shift),
+            stat_start..stat_end,
+            epsilon,
+        );
+        write::<B>(out, shape, dtype, &device)
+    }
+
+    pub(in super::super) fn plane_norm_backward<B: Backend>(
+        x: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        scale: FloatTensor<B>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
+        let scale_shape = scale.shape();
+        let (dx, dscale, dshift) = super::norm_backward(
+            &read::<B>(x),
+            &read::<B>(grad),
+            dims4(&shape),
+            &read::<B>(scale),
+            stat_start..stat_end,
+            epsilon,
+        );
+        (
+            write::<B>(dx, shape, dtype, &device),
+            write::<B>(dscale, scale_shape.clone(), dtype, &device),
+            write::<B>(dshift, scale_shape, dtype, &device),
+        )
+    }
+
+    pub(in super::super) fn plane_moments<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
+        let dims = dims4(&shape);
+        let out = super::moments(&read::<B>(x), dims);
+        write::<B>(out, Shape::new([2, dims[0], dims[1]]), dtype, &device)
+    }
+
+    pub(in super::super) fn plane_moments_backward<B: Backend>(
+        x: FloatTensor<B>,
+        moments: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
+        let dx = super::moments_backward(
+            &read::<B>(x),
+            &read::<B>(moments),
+            &read::<B>(grad),
+            dims4(&shape),
+        );
+        write::<B>(dx, shape, dtype, &device)
+    }
+
+    macro_rules! cpu_kernels {
+        ($backend:ty) => {
+            impl NormKernels for $backend {
+                fn plane_norm(
+                    x: FloatTensor<Self>,
+                    scale: FloatTensor<Self>,
+                    shift: FloatTensor<Self>,
+                    stat_start: usize,
+                    stat_end: usize,
+                    epsilon: f32,
+                ) -> FloatTensor<Self> {
+                    plane_norm::<Self>(x, scale, shift, stat_start, stat_end, epsilon)
+                }
+
+                fn plane_norm_backward(
+                    x: FloatTensor<Self>,
+                    grad: FloatTensor<Self>,
+                    scale: FloatTensor<Self>,
+                    stat_start: usize,
+                    stat_end: usize,
+                    epsilon: f32,
+                ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                    plane_norm_backward::<Self>(x, grad, scale, stat_start, stat_end, epsilon)
+                }
+
+                fn plane_moments(x: FloatTensor<Self>) -> FloatTensor<Self> {
+                    plane_moments::<Self>(x)
+                }
+
+                fn plane_moments_backward(
+                    x: FloatTensor<Self>,
+                    moments: FloatTensor<Self>,
+                    grad: FloatTensor<Self>,
+                ) -> FloatTensor<Self> {
+                    plane_moments_backward::<Self>(x, moments, grad)
+                }
+            }
+        };
+    }
+
+    #[cfg(feature = "flex")]
+    cpu_kernels!(burn::backend::Flex);
+    #[cfg(feature = "ndarray")]
+    cpu_kernels!(burn::backend::NdArray);
+}

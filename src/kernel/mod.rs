@@ -1,0 +1,259 @@
+//! Fused normalisation kernels: the whole IBN layer, instance norm and the batch-norm
+//! transform as one pass over the activations, with hand-written backward passes.
+//!
+//! Two primitives cover every normalisation of the crate:
+//!
+//! - [`plane_norm`] normalises the channels of one contiguous range with their own
+//!   per-(sample, channel) statistics and applies a per-channel affine map to all channels,
+//!   writing one output tensor: the IBN layer (IN section = the range, BN section = the
+//!   folded running statistics), instance norm (the range is every channel) and the
+//!   batch-norm transform (an empty range) in a single kernel, with no split or concatenation.
+//! - [`plane_moments`] returns the per-(sample, channel) mean and biased variance; batch-norm
+//!   training combines them into per-channel batch statistics.
+//!
+//! Both are backend extensions (burn's `#[backend_extension]`): plain-Rust multi-threaded
+//! loops on flex and ndarray, CubeCL kernels with a shared-memory tree reduction on the
+//! CubeCL backend (wgpu; no plane/warp operations, so software adapters run them too),
+//! deferred operations under burn's kernel fusion, and hand-written backward passes under
+//! autodiff. [`plane_norm_reference`] and [`plane_moments_reference`] compute the same
+//! results from generic tensor operations; tests hold the kernels to them, forward and
+//! gradients, on every backend.
+
+// The ndarray backend is deprecated upstream and still supported here.
+#![allow(deprecated)]
+
+use core::ops::Range;
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::tensor::Tensor;
+
+mod cpu;
+#[cfg(feature = "wgpu")]
+mod cube;
+#[cfg(feature = "autodiff")]
+mod grad;
+
+#[cfg(feature = "wgpu")]
+#[doc(hidden)]
+pub use cube::cube_launches;
+
+/// The backend operations behind [`plane_norm`] and [`plane_moments`].
+///
+/// Implemented for flex and ndarray (plain Rust), the CubeCL backend (kernels), burn's fusion
+/// wrapper (deferred execution) and autodiff (hand-written backward passes). Not meant to be
+/// called directly: use the tensor-level functions of this module.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "wgpu"),
+    Autodiff: cfg(feature = "autodiff")
+)]
+pub trait NormKernels: Backend {
+    /// See [`plane_norm`]. `x`: `[N, C, H, W]` contiguous or not; `scale`, `shift`: `[C]`.
+    #[fusion(dtype = x, shape = x)]
+    fn plane_norm(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients of [`plane_norm`] given the output gradient `grad` (`[N, C, H, W]`):
+    /// `(dx [N, C, H, W], dscale [C], dshift [C])`.
+    #[fusion(meta = backward_meta)]
+    fn plane_norm_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// See [`plane_moments`]: `[2, N, C]`, means then biased variances.
+    #[fusion(dtype = x, shape = moments_shape(x))]
+    fn plane_moments(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Input gradient of [`plane_moments`]: `x` `[N, C, H, W]`, its `moments` and their
+    /// gradient `grad` (`[2, N, C]`).
+    #[fusion(dtype = x, shape = x)]
+    fn plane_moments_backward(
+        x: FloatTensor<Self>,
+        moments: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// Output shape of [`NormKernels::plane_moments`]: `[2, N, C]`.
+fn moments_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::new([2, x[0], x[1]])
+}
+
+#[cfg(feature = "wgpu")]
+type Spec = burn::backend::fusion::custom::TensorSpec;
+
+/// Output metadata of [`NormKernels::plane_norm_backward`] under kernel fusion.
+#[cfg(feature = "wgpu")]
+fn backward_meta(
+    x: &Spec,
+    _grad: &Spec,
+    scale: &Spec,
+    _start: &usize,
+    _end: &usize,
+    _epsilon: &f32,
+) -> (Spec, Spec, Spec) {
+    (x.clone(), scale.clone(), scale.clone())
+}
+
+/// Normalises `x` plane by plane and writes one output tensor.
+///
+/// For every sample `n` and channel `c`, with `mean` and biased `var` taken over the
+/// `H x W` values of plane `(n, c)`:
+/// - channels in `stats`: `y = (x - mean) / sqrt(var + epsilon) * scale[c] + shift[c]`;
+/// - other channels: `y = x * scale[c] + shift[c]`.
+///
+/// Differentiable with respect to `x`, `scale` and `shift` on autodiff devices.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]`; `scale`, `shift`: `[C]`
+/// - output: `[N, C, H, W]`
+///
+/// # Panics
+/// When `scale` or `shift` do not have `C` values or `stats` is not within `0..=C`.
+pub fn plane_norm(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    stats: Range<usize>,
+    epsilon: f64,
+) -> Tensor<4> {
+    check_plane_norm(&x, &scale, &shift, &stats);
+    Tensor::from_dispatch(<Dispatch as NormKernels>::plane_norm(
+        x.into_dispatch(),
+        scale.into_dispatch(),
+        shift.into_dispatch(),
+        stats.start,
+        stats.end,
+        epsilon as f32,
+    ))
+}
+
+/// Per-(sample, channel) mean and biased variance over `H x W`, each `[N, C]`.
+///
+/// Differentiable with respect to `x` on autodiff devices.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]`
+/// - output: `([N, C], [N, C])`
+pub fn plane_moments(x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+    let moments: Tensor<3> =
+        Tensor::from_dispatch(<Dispatch as NormKernels>::plane_moments(x.into_dispatch()));
+    split_moments(moments)
+}
+
+/// [`plane_norm`] from generic tensor operations: the reference the kernels are tested
+/// against (and the path of any backend without the kernels).
+///
+/// # Shapes
+/// As [`plane_norm`].
+pub fn plane_norm_reference(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    stats: Range<usize>,
+    epsilon: f64,
+) -> Tensor<4> {
+    check_plane_norm(&x, &scale, &shift, &stats);
+    let [n, c, h, w] = x.dims();
+    let mut parts = Vec::with_capacity(3);
+    let affine = |x: Tensor<4>, range: Range<usize>| {
+        let len = range.len();
+        x * scale.clone().slice(range.clone()).reshape([1, len, 1, 1])
+            + shift.clone().slice(range).reshape([1, len, 1, 1])
+    };
+    if stats.start > 0 {
+        parts.push(affine(x.clone().narrow(1, 0, stats.start), 0..stats.start));
+    }
+    if !stats.is_empty() {
+        let section = x.clone().narrow(1, stats.start, stats.len());
+        let flat = section.reshape([n, stats.len(), h * w]);
+        let (var, mean) = flat.clone().var_mean_bias(2);
+        let normed = (flat - mean) / var.add_scalar(epsilon).sqrt();
+        parts.push(affine(
+            normed.reshape([n, stats.len(), h, w]),
+            stats.clone(),
+        ));
+    }
+    if stats.end < c {
+        parts.push(affine(x.narrow(1, stats.end, c - stats.end), stats.end..c));
+    }
+    Tensor::cat(parts, 1)
+}
+
+/// [`plane_moments`] from generic tensor operations.
+///
+/// # Shapes
+/// As [`plane_moments`].
+pub fn plane_moments_reference(x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+    let [n, c, h, w] = x.dims();
+    let (var, mean) = x.reshape([n, c, h * w]).var_mean_bias(2);
+    (mean.reshape([n, c]), var.reshape([n, c]))
+}
+
+fn split_moments(moments: Tensor<3>) -> (Tensor<2>, Tensor<2>) {
+    let [_, n, c] = moments.dims();
+    let mean = moments.clone().narrow(0, 0, 1).reshape([n, c]);
+    let var = moments.narrow(0, 1, 1).reshape([n, c]);
+    (mean, var)
+}
+
+fn check_plane_norm(x: &Tensor<4>, scale: &Tensor<1>, shift: &Tensor<1>, stats: &Range<usize>) {
+    let c = x.dims()[1];
+    assert!(
+        scale.dims()[0] == c && shift.dims()[0] == c,
+        "plane_norm: scale and shift need {c} values (the channels of x), got {} and {}",
+        scale.dims()[0],
+        shift.dims()[0]
+    );
+    assert!(
+        stats.start <= stats.end && stats.end <= c,
+        "plane_norm: statistics range {stats:?} is not within the {c} channels"
+    );
+}
+
+/// `[N, C, H, W]` of a 4-d shape.
+fn dims4(shape: &burn::tensor::Shape) -> [usize; 4] {
+    assert_eq!(
+        shape.num_dims(),
+        4,
+        "normalisation kernels take [N, C, H, W] tensors"
+    );
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+/// Input gradient of the moments from generic backend operations:
+/// `dx = gmean / M + gvar * 2 (x - mean) / M`, `M = H * W`.
+fn moments_backward_generic<B: Backend>(
+    x: FloatTensor<B>,
+    moments: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    use burn::backend::TensorMetadata;
+    let shape = x.shape();
+    let [n, c, h, w] = dims4(&shape);
+    let m = (h * w) as f64;
+    let plane = |t: FloatTensor<B>, i: usize| {
+        let t = B::float_slice(t, &[burn::tensor::Slice::from(i..i + 1)]);
+        B::float_reshape(t, burn::tensor::Shape::new([n, c, 1, 1]))
+    };
+    let mean = plane(moments, 0);
+    let g_mean = plane(grad.clone(), 0);
+    let g_var = plane(grad, 1);
+    let centered = B::float_sub(x, mean);
+    let from_var = B::float_mul(centered, B::float_mul_scalar(g_var, (2.0 / m).into()));
+    B::float_add(from_var, B::float_div_scalar(g_mean, m.into()))
+}
