@@ -127,6 +127,11 @@ fn main() {
         for (channels, size) in [(64, 56), (256, 14)] {
             let shape = [batch, channels, size, size];
             let x = input(shape, &train);
+            // The fixed cost of a backward pass over this shape (autodiff bookkeeping,
+            // gradient seeding), common to every row below.
+            bench("train step baseline (x + 0)", shape, iters, &x, |x| {
+                step(x, |x| x.add_scalar(0.0))
+            });
             let bn = BatchNorm2dConfig::new(channels).init(&train);
             bench("batch norm train step, composed", shape, iters, &x, |x| {
                 step(x, |x| bn.forward_composed(x))

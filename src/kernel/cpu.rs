@@ -193,7 +193,35 @@ mod backends {
 
     use super::super::{NormKernels, dims4};
 
-    /// Reads a CPU tensor as contiguous `f32` values.
+    /// Read access to a CPU backend's tensors as contiguous `f32` values.
+    pub(super) trait CpuAccess: Backend {
+        /// Calls `f` with the values of `x` in row-major order (no copy when `x` is already
+        /// contiguous `f32` on flex).
+        fn with_f32<R>(x: FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R;
+    }
+
+    #[cfg(feature = "flex")]
+    impl CpuAccess for burn::backend::Flex {
+        fn with_f32<R>(x: FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R {
+            if x.dtype() == DType::F32 {
+                let x = x.to_contiguous();
+                if let Some(values) = x.as_slice::<f32>() {
+                    return f(values);
+                }
+                return f(&read::<Self>(x));
+            }
+            f(&read::<Self>(x))
+        }
+    }
+
+    #[cfg(feature = "ndarray")]
+    impl CpuAccess for burn::backend::NdArray {
+        fn with_f32<R>(x: FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R {
+            f(&read::<Self>(x))
+        }
+    }
+
+    /// Copies a CPU tensor out as `f32` values.
     fn read<B: Backend>(x: FloatTensor<B>) -> Vec<f32> {
         let data = ready(B::float_into_data(x)).expect("reading a CPU tensor cannot fail");
         match data.dtype() {
@@ -231,7 +259,7 @@ mod backends {
         }
     }
 
-    pub(in super::super) fn plane_norm<B: Backend>(
+    pub(in super::super) fn plane_norm<B: CpuAccess>(
         x: FloatTensor<B>,
         scale: FloatTensor<B>,
         shift: FloatTensor<B>,
@@ -240,18 +268,21 @@ mod backends {
         epsilon: f32,
     ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
-        let out = super::norm_forward(
-            &read::<B>(x),
-            dims4(&shape),
-            &read::<B>(scale),
-            &read::<B>(shift),
-            stat_start..stat_end,
-            epsilon,
-        );
+        let (scale, shift) = (read::<B>(scale), read::<B>(shift));
+        let out = B::with_f32(x, |x| {
+            super::norm_forward(
+                x,
+                dims4(&shape),
+                &scale,
+                &shift,
+                stat_start..stat_end,
+                epsilon,
+            )
+        });
         write::<B>(out, shape, dtype, &device)
     }
 
-    pub(in super::super) fn plane_norm_backward<B: Backend>(
+    pub(in super::super) fn plane_norm_backward<B: CpuAccess>(
         x: FloatTensor<B>,
         grad: FloatTensor<B>,
         scale: FloatTensor<B>,
@@ -261,14 +292,19 @@ mod backends {
     ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
         let scale_shape = scale.shape();
-        let (dx, dscale, dshift) = super::norm_backward(
-            &read::<B>(x),
-            &read::<B>(grad),
-            dims4(&shape),
-            &read::<B>(scale),
-            stat_start..stat_end,
-            epsilon,
-        );
+        let scale = read::<B>(scale);
+        let (dx, dscale, dshift) = B::with_f32(x, |x| {
+            B::with_f32(grad, |grad| {
+                super::norm_backward(
+                    x,
+                    grad,
+                    dims4(&shape),
+                    &scale,
+                    stat_start..stat_end,
+                    epsilon,
+                )
+            })
+        });
         (
             write::<B>(dx, shape, dtype, &device),
             write::<B>(dscale, scale_shape.clone(), dtype, &device),
@@ -276,25 +312,23 @@ mod backends {
         )
     }
 
-    pub(in super::super) fn plane_moments<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    pub(in super::super) fn plane_moments<B: CpuAccess>(x: FloatTensor<B>) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
         let dims = dims4(&shape);
-        let out = super::moments(&read::<B>(x), dims);
+        let out = B::with_f32(x, |x| super::moments(x, dims));
         write::<B>(out, Shape::new([2, dims[0], dims[1]]), dtype, &device)
     }
 
-    pub(in super::super) fn plane_moments_backward<B: Backend>(
+    pub(in super::super) fn plane_moments_backward<B: CpuAccess>(
         x: FloatTensor<B>,
         moments: FloatTensor<B>,
         grad: FloatTensor<B>,
     ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
-        let dx = super::moments_backward(
-            &read::<B>(x),
-            &read::<B>(moments),
-            &read::<B>(grad),
-            dims4(&shape),
-        );
+        let (moments, grad) = (read::<B>(moments), read::<B>(grad));
+        let dx = B::with_f32(x, |x| {
+            super::moments_backward(x, &moments, &grad, dims4(&shape))
+        });
         write::<B>(dx, shape, dtype, &device)
     }
 
