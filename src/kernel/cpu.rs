@@ -139,16 +139,23 @@ pub(super) fn norm_backward(
     (dx, dscale, dshift)
 }
 
-/// `plane_moments`: `[2, N, C]`, means then biased variances.
-pub(super) fn moments(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+/// `plane_moments` of the channels `channels`: `[2, N, K]`, means then biased variances.
+pub(super) fn moments(x: &[f32], [n, c, h, w]: [usize; 4], channels: Range<usize>) -> Vec<f32> {
     use rayon::prelude::*;
     let hw = h * w;
-    let planes = n * c;
-    let stats: Vec<(f64, f64)> = if hw == 0 {
-        vec![(f64::NAN, f64::NAN); planes]
-    } else {
-        x.par_chunks(hw).map(mean_var).collect()
-    };
+    let k = channels.len();
+    let planes = n * k;
+    let stats: Vec<(f64, f64)> = (0..planes)
+        .into_par_iter()
+        .map(|p| {
+            if hw == 0 {
+                return (f64::NAN, f64::NAN);
+            }
+            let (i, ch) = (p / k, channels.start + p % k);
+            let start = (i * c + ch) * hw;
+            mean_var(&x[start..start + hw])
+        })
+        .collect();
     let mut out = vec![0.0f32; 2 * planes];
     for (p, (mean, var)) in stats.into_iter().enumerate() {
         out[p] = mean as f32;
@@ -157,16 +164,18 @@ pub(super) fn moments(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     out
 }
 
-/// Input gradient of `plane_moments`.
+/// Input gradient of `plane_moments` of the channels `channels` (zero elsewhere).
 pub(super) fn moments_backward(
     x: &[f32],
     moments: &[f32],
     grad: &[f32],
     [n, c, h, w]: [usize; 4],
+    channels: Range<usize>,
 ) -> Vec<f32> {
     use rayon::prelude::*;
     let hw = h * w;
-    let planes = n * c;
+    let k = channels.len();
+    let planes = n * k;
     let mut dx = vec![0.0f32; x.len()];
     if hw == 0 {
         return dx;
@@ -175,7 +184,12 @@ pub(super) fn moments_backward(
     dx.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
         .enumerate()
-        .for_each(|(p, (dx, x))| {
+        .for_each(|(plane, (dx, x))| {
+            let ch = plane % c;
+            if !channels.contains(&ch) {
+                return;
+            }
+            let p = (plane / c) * k + ch - channels.start;
             let mean = moments[p];
             let (g_mean, g_var) = (grad[p], grad[planes + p]);
             // dx = g_mean / M + g_var * 2 (x - mean) / M
@@ -312,22 +326,28 @@ mod backends {
         )
     }
 
-    pub(in super::super) fn plane_moments<B: CpuAccess>(x: FloatTensor<B>) -> FloatTensor<B> {
+    pub(in super::super) fn plane_moments<B: CpuAccess>(
+        x: FloatTensor<B>,
+        start: usize,
+        end: usize,
+    ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
         let dims = dims4(&shape);
-        let out = B::with_f32(x, |x| super::moments(x, dims));
-        write::<B>(out, Shape::new([2, dims[0], dims[1]]), dtype, &device)
+        let out = B::with_f32(x, |x| super::moments(x, dims, start..end));
+        write::<B>(out, Shape::new([2, dims[0], end - start]), dtype, &device)
     }
 
     pub(in super::super) fn plane_moments_backward<B: CpuAccess>(
         x: FloatTensor<B>,
         moments: FloatTensor<B>,
         grad: FloatTensor<B>,
+        start: usize,
+        end: usize,
     ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
         let (moments, grad) = (read::<B>(moments), read::<B>(grad));
         let dx = B::with_f32(x, |x| {
-            super::moments_backward(x, &moments, &grad, dims4(&shape))
+            super::moments_backward(x, &moments, &grad, dims4(&shape), start..end)
         });
         write::<B>(dx, shape, dtype, &device)
     }
@@ -357,16 +377,22 @@ mod backends {
                     plane_norm_backward::<Self>(x, grad, scale, stat_start, stat_end, epsilon)
                 }
 
-                fn plane_moments(x: FloatTensor<Self>) -> FloatTensor<Self> {
-                    plane_moments::<Self>(x)
+                fn plane_moments(
+                    x: FloatTensor<Self>,
+                    start: usize,
+                    end: usize,
+                ) -> FloatTensor<Self> {
+                    plane_moments::<Self>(x, start, end)
                 }
 
                 fn plane_moments_backward(
                     x: FloatTensor<Self>,
                     moments: FloatTensor<Self>,
                     grad: FloatTensor<Self>,
+                    start: usize,
+                    end: usize,
                 ) -> FloatTensor<Self> {
-                    plane_moments_backward::<Self>(x, moments, grad)
+                    plane_moments_backward::<Self>(x, moments, grad, start, end)
                 }
             }
         };

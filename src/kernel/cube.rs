@@ -183,19 +183,23 @@ fn plane_norm_backward_kernel<F: Float>(
     }
 }
 
+/// One cube per (sample, channel of the range): `CUBE_COUNT = (K, N)`.
 #[cube(launch)]
 fn plane_moments_kernel<F: Float>(
     x: &Tensor<F>,
     out: &mut Tensor<F>,
     plane_len: u32,
+    channels: u32,
+    start: u32,
     #[comptime] units: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let plane = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
     let planes = CUBE_COUNT_Y as usize * CUBE_COUNT_X as usize;
     let len = plane_len as usize;
+    let source = CUBE_POS_Y as usize * channels as usize + start as usize + CUBE_POS_X as usize;
     let mut acc = Shared::new_slice(units);
-    let (mean, var) = plane_mean_var::<F>(x, &mut acc, plane * len, len, len);
+    let (mean, var) = plane_mean_var::<F>(x, &mut acc, source * len, len, len);
     if UNIT_POS_X == 0 {
         out[plane] = mean;
         out[planes + plane] = var;
@@ -320,15 +324,15 @@ impl NormKernels for CubeBackend {
         (dx, dscale, dshift)
     }
 
-    fn plane_moments(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let dims = dims4(&x.shape());
-        let [n, c, h, w] = dims;
+    fn plane_moments(x: FloatTensor<Self>, start: usize, end: usize) -> FloatTensor<Self> {
+        let [n, c, h, w] = dims4(&x.shape());
+        let k = end - start;
         let x = into_contiguous(x);
-        let out = empty_like(&x, Shape::new([2, n, c]));
-        if n * c == 0 {
+        let out = empty_like(&x, Shape::new([2, n, k]));
+        if n * k == 0 {
             return out;
         }
-        let (count, dim, units) = grid(&x.client, dims);
+        let (count, dim, units) = grid(&x.client, [n, k, h, w]);
         let dtype = dtype_to_storage_type(x.dtype);
         plane_moments_kernel::launch(
             &x.client.clone(),
@@ -337,6 +341,8 @@ impl NormKernels for CubeBackend {
             x.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             (h * w) as u32,
+            c as u32,
+            start as u32,
             units,
             dtype,
         );
@@ -347,7 +353,9 @@ impl NormKernels for CubeBackend {
         x: FloatTensor<Self>,
         moments: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        start: usize,
+        end: usize,
     ) -> FloatTensor<Self> {
-        super::moments_backward_generic::<Self>(x, moments, grad)
+        super::moments_backward_generic::<Self>(x, moments, grad, start, end)
     }
 }

@@ -46,8 +46,8 @@ impl<B: Backend + NormKernels> Backward<B, 3> for PlaneNormBackward {
 struct PlaneMomentsBackward;
 
 impl<B: Backend + NormKernels> Backward<B, 1> for PlaneMomentsBackward {
-    /// `(x, moments)`.
-    type State = (NodeId, FloatTensor<B>);
+    /// `(x, moments, start, end)`.
+    type State = (NodeId, FloatTensor<B>, usize, usize);
 
     fn backward(
         self,
@@ -57,10 +57,11 @@ impl<B: Backend + NormKernels> Backward<B, 1> for PlaneMomentsBackward {
     ) {
         let [node_x] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, moments) = ops.state;
+        let (x_state, moments, start, end) = ops.state;
         if let Some(node) = node_x {
             let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
-            grads.register::<B>(node.id, B::plane_moments_backward(x, moments, grad));
+            let dx = B::plane_moments_backward(x, moments, grad, start, end);
+            grads.register::<B>(node.id, dx);
         }
     }
 }
@@ -127,7 +128,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         )
     }
 
-    fn plane_moments(x: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn plane_moments(x: FloatTensor<Self>, start: usize, end: usize) -> FloatTensor<Self> {
         match PlaneMomentsBackward
             .prepare::<C>([x.node()])
             .compute_bound()
@@ -135,10 +136,12 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
-                let moments = B::plane_moments(x.into_primitive());
-                prep.finish((x_state, moments.clone()), moments)
+                let moments = B::plane_moments(x.into_primitive(), start, end);
+                prep.finish((x_state, moments.clone(), start, end), moments)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::plane_moments(x.into_primitive())),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::plane_moments(x.into_primitive(), start, end))
+            }
         }
     }
 
@@ -146,12 +149,16 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         x: FloatTensor<Self>,
         moments: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        start: usize,
+        end: usize,
     ) -> FloatTensor<Self> {
         // Second derivatives are not provided: the gradient comes out as a constant.
         FloatTensor::<Self>::new(B::plane_moments_backward(
             x.into_primitive(),
             moments.into_primitive(),
             grad.into_primitive(),
+            start,
+            end,
         ))
     }
 }

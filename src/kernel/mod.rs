@@ -8,8 +8,9 @@
 //!   writing one output tensor: the IBN layer (IN section = the range, BN section = the
 //!   folded running statistics), instance norm (the range is every channel) and the
 //!   batch-norm transform (an empty range) in a single kernel, with no split or concatenation.
-//! - [`plane_moments`] returns the per-(sample, channel) mean and biased variance; batch-norm
-//!   training combines them into per-channel batch statistics.
+//! - [`plane_moments`] returns the per-(sample, channel) mean and biased variance of a range
+//!   of channels, read in place; batch-norm training combines them into per-channel batch
+//!   statistics.
 //!
 //! Both are backend extensions (burn's `#[backend_extension]`): plain-Rust multi-threaded
 //! loops on flex and ndarray, CubeCL kernels with a shared-memory tree reduction on the
@@ -74,23 +75,26 @@ pub trait NormKernels: Backend {
         epsilon: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
-    /// See [`plane_moments`]: `[2, N, C]`, means then biased variances.
-    #[fusion(dtype = x, shape = moments_shape(x))]
-    fn plane_moments(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// See [`plane_moments`]: `[2, N, end - start]`, means then biased variances of the
+    /// channels `start..end`.
+    #[fusion(dtype = x, shape = moments_shape(x, start, end))]
+    fn plane_moments(x: FloatTensor<Self>, start: usize, end: usize) -> FloatTensor<Self>;
 
     /// Input gradient of [`plane_moments`]: `x` `[N, C, H, W]`, its `moments` and their
-    /// gradient `grad` (`[2, N, C]`).
+    /// gradient `grad` (`[2, N, end - start]`); zero outside the channels `start..end`.
     #[fusion(dtype = x, shape = x)]
     fn plane_moments_backward(
         x: FloatTensor<Self>,
         moments: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        start: usize,
+        end: usize,
     ) -> FloatTensor<Self>;
 }
 
-/// Output shape of [`NormKernels::plane_moments`]: `[2, N, C]`.
-fn moments_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
-    burn::tensor::Shape::new([2, x[0], x[1]])
+/// Output shape of [`NormKernels::plane_moments`]: `[2, N, end - start]`.
+fn moments_shape(x: &burn::tensor::Shape, start: &usize, end: &usize) -> burn::tensor::Shape {
+    burn::tensor::Shape::new([2, x[0], end - start])
 }
 
 #[cfg(feature = "wgpu")]
@@ -142,16 +146,28 @@ pub fn plane_norm(
     ))
 }
 
-/// Per-(sample, channel) mean and biased variance over `H x W`, each `[N, C]`.
+/// Per-(sample, channel) mean and biased variance over `H x W` of the channels in
+/// `channels`, each `[N, K]` with `K = channels.len()`. The input is read in place (no copy of
+/// the channel range).
 ///
 /// Differentiable with respect to `x` on autodiff devices.
 ///
 /// # Shapes
 /// - `x`: `[N, C, H, W]`
-/// - output: `([N, C], [N, C])`
-pub fn plane_moments(x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
-    let moments: Tensor<3> =
-        Tensor::from_dispatch(<Dispatch as NormKernels>::plane_moments(x.into_dispatch()));
+/// - output: `([N, K], [N, K])`
+///
+/// # Panics
+/// When `channels` is not within `0..=C`.
+pub fn plane_moments(x: Tensor<4>, channels: Range<usize>) -> (Tensor<2>, Tensor<2>) {
+    check_range("plane_moments", x.dims()[1], &channels);
+    if channels.is_empty() {
+        return empty_moments(&x);
+    }
+    let moments: Tensor<3> = Tensor::from_dispatch(<Dispatch as NormKernels>::plane_moments(
+        x.into_dispatch(),
+        channels.start,
+        channels.end,
+    ));
     split_moments(moments)
 }
 
@@ -198,10 +214,22 @@ pub fn plane_norm_reference(
 ///
 /// # Shapes
 /// As [`plane_moments`].
-pub fn plane_moments_reference(x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
-    let [n, c, h, w] = x.dims();
-    let (var, mean) = x.reshape([n, c, h * w]).var_mean_bias(2);
-    (mean.reshape([n, c]), var.reshape([n, c]))
+pub fn plane_moments_reference(x: Tensor<4>, channels: Range<usize>) -> (Tensor<2>, Tensor<2>) {
+    check_range("plane_moments", x.dims()[1], &channels);
+    if channels.is_empty() {
+        return empty_moments(&x);
+    }
+    let [n, _, h, w] = x.dims();
+    let k = channels.len();
+    let section = x.narrow(1, channels.start, k);
+    let (var, mean) = section.reshape([n, k, h * w]).var_mean_bias(2);
+    (mean.reshape([n, k]), var.reshape([n, k]))
+}
+
+fn empty_moments(x: &Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+    let n = x.dims()[0];
+    let device = x.device();
+    (Tensor::zeros([n, 0], &device), Tensor::zeros([n, 0], &device))
 }
 
 fn split_moments(moments: Tensor<3>) -> (Tensor<2>, Tensor<2>) {
@@ -219,9 +247,13 @@ fn check_plane_norm(x: &Tensor<4>, scale: &Tensor<1>, shift: &Tensor<1>, stats: 
         scale.dims()[0],
         shift.dims()[0]
     );
+    check_range("plane_norm", c, stats);
+}
+
+fn check_range(op: &str, channels: usize, range: &Range<usize>) {
     assert!(
-        stats.start <= stats.end && stats.end <= c,
-        "plane_norm: statistics range {stats:?} is not within the {c} channels"
+        range.start <= range.end && range.end <= channels,
+        "{op}: channel range {range:?} is not within the {channels} channels"
     );
 }
 
@@ -236,24 +268,33 @@ fn dims4(shape: &burn::tensor::Shape) -> [usize; 4] {
 }
 
 /// Input gradient of the moments from generic backend operations:
-/// `dx = gmean / M + gvar * 2 (x - mean) / M`, `M = H * W`.
+/// `dx = gmean / M + gvar * 2 (x - mean) / M` on the channels `start..end` (`M = H * W`),
+/// zero elsewhere.
 fn moments_backward_generic<B: Backend>(
     x: FloatTensor<B>,
     moments: FloatTensor<B>,
     grad: FloatTensor<B>,
+    start: usize,
+    end: usize,
 ) -> FloatTensor<B> {
     use burn::backend::TensorMetadata;
+    use burn::tensor::Slice;
     let shape = x.shape();
-    let [n, c, h, w] = dims4(&shape);
-    let m = (h * w) as f64;
+    let [n, _, h, w] = dims4(&shape);
+    let (k, m) = (end - start, (h * w) as f64);
+    let (device, dtype) = (x.device(), x.dtype());
     let plane = |t: FloatTensor<B>, i: usize| {
-        let t = B::float_slice(t, &[burn::tensor::Slice::from(i..i + 1)]);
-        B::float_reshape(t, burn::tensor::Shape::new([n, c, 1, 1]))
+        let t = B::float_slice(t, &[Slice::from(i..i + 1)]);
+        B::float_reshape(t, burn::tensor::Shape::new([n, k, 1, 1]))
     };
     let mean = plane(moments, 0);
     let g_mean = plane(grad.clone(), 0);
     let g_var = plane(grad, 1);
-    let centered = B::float_sub(x, mean);
+    let channels = [Slice::from(0..n), Slice::from(start..end)];
+    let section = B::float_slice(x, &channels);
+    let centered = B::float_sub(section, mean);
     let from_var = B::float_mul(centered, B::float_mul_scalar(g_var, (2.0 / m).into()));
-    B::float_add(from_var, B::float_div_scalar(g_mean, m.into()))
+    let dx = B::float_add(from_var, B::float_div_scalar(g_mean, m.into()));
+    let zeros = B::float_zeros(shape, &device, dtype.into());
+    B::float_slice_assign(zeros, &channels, dx)
 }

@@ -89,7 +89,8 @@ impl BatchNorm2d {
         if self.folded {
             return input;
         }
-        let (scale, shift) = self.transform_for(&input);
+        let c = self.num_features();
+        let (scale, shift) = self.transform_for(&input, 0..c);
         crate::kernel::plane_norm(input, scale, shift, 0..0, self.epsilon)
     }
 
@@ -117,11 +118,15 @@ impl BatchNorm2d {
         )
     }
 
-    /// Per-channel `(scale, shift)` `[C]` such that this layer maps `input` to
-    /// `input * scale + shift`: from the running statistics, or in training from the batch
-    /// statistics of `input` (differentiable; the running statistics are updated). A folded
-    /// layer gives the identity.
-    pub(crate) fn transform_for(&self, input: &Tensor<4>) -> (Tensor<1>, Tensor<1>) {
+    /// Per-channel `(scale, shift)` `[C]` such that this layer maps the channels `channels`
+    /// of `input` to `input * scale + shift`: from the running statistics, or in training
+    /// from the batch statistics of those channels (differentiable; the running statistics
+    /// are updated). A folded layer gives the identity.
+    pub(crate) fn transform_for(
+        &self,
+        input: &Tensor<4>,
+        channels: core::ops::Range<usize>,
+    ) -> (Tensor<1>, Tensor<1>) {
         let c = self.num_features();
         if self.folded {
             let device = input.device();
@@ -131,7 +136,7 @@ impl BatchNorm2d {
             return self.affine_transform();
         }
         let [n, _, h, w] = input.dims();
-        let (plane_mean, plane_var) = crate::kernel::plane_moments(input.clone());
+        let (plane_mean, plane_var) = crate::kernel::plane_moments(input.clone(), channels);
         // Batch statistics from the per-plane ones (law of total variance, no cancellation).
         let mean = plane_mean.clone().mean_dim(0);
         let spread = (plane_mean - mean.clone()).powi_scalar(2);

@@ -135,9 +135,7 @@ impl Ibn {
         let (in_scale, in_shift, _) = self
             .instance
             .plan_for(&input.clone().narrow(1, in_start, ci));
-        let (bn_scale, bn_shift) = self
-            .batch
-            .transform_for(&input.clone().narrow(1, bn_start, cb));
+        let (bn_scale, bn_shift) = self.batch.transform_for(&input, bn_start..bn_start + cb);
         let (scale, shift) = if self.instance_first {
             (
                 Tensor::cat(vec![in_scale, bn_scale], 0),

@@ -181,7 +181,7 @@ impl InstanceNorm2d {
             }
             (Some(running_mean), Some(running_var)) => {
                 // The batch average of the per-instance statistics.
-                let (mean, var) = crate::kernel::plane_moments(input.clone().detach());
+                let (mean, var) = crate::kernel::plane_moments(input.clone().detach(), 0..c);
                 super::update_running_stats(
                     (running_mean, running_var),
                     mean.mean_dim(0).reshape([c]),
