@@ -53,8 +53,11 @@ fn bench(
     }
     let device = x.device();
     let ms = median_ms(iters, || {
-        let _ = forward(x.clone());
+        // Keep the output alive through the sync: with kernel fusion, work whose result is
+        // dropped unread may never run.
+        let output = forward(x.clone());
         device.sync().expect("device sync");
+        drop(output);
     });
     println!("{name:<44} {:<18} {ms:>10.3} ms", format!("{shape:?}"));
 }

@@ -206,10 +206,13 @@ fn plane_moments_kernel<F: Float>(
     }
 }
 
-/// Units per cube: 256, or the largest power of two the device allows.
-fn units(client: &Client) -> u32 {
+/// Units per cube for planes of `len` values: a power of two giving each unit about eight
+/// values, between 32 and 128 and within what the device allows. Small cubes keep the
+/// barrier count low, which matters most on software adapters.
+fn units(client: &Client, len: usize) -> u32 {
     let max = client.properties().hardware.max_units_per_cube.max(1);
-    let cap = max.min(256);
+    let wanted = (len.div_ceil(8).next_power_of_two() as u32).clamp(32, 128);
+    let cap = max.min(wanted);
     if cap.is_power_of_two() {
         cap
     } else {
@@ -218,8 +221,8 @@ fn units(client: &Client) -> u32 {
 }
 
 /// Cube count and dimension for one cube per plane of `[N, C, H, W]`.
-fn grid(client: &Client, [n, c, _, _]: [usize; 4]) -> (CubeCount, CubeDim, usize) {
-    let units = units(client);
+fn grid(client: &Client, [n, c, h, w]: [usize; 4]) -> (CubeCount, CubeDim, usize) {
+    let units = units(client, h * w);
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
     (
         CubeCount::Static(c as u32, n as u32, 1),

@@ -229,7 +229,10 @@ pub fn plane_moments_reference(x: Tensor<4>, channels: Range<usize>) -> (Tensor<
 fn empty_moments(x: &Tensor<4>) -> (Tensor<2>, Tensor<2>) {
     let n = x.dims()[0];
     let device = x.device();
-    (Tensor::zeros([n, 0], &device), Tensor::zeros([n, 0], &device))
+    (
+        Tensor::zeros([n, 0], &device),
+        Tensor::zeros([n, 0], &device),
+    )
 }
 
 fn split_moments(moments: Tensor<3>) -> (Tensor<2>, Tensor<2>) {
