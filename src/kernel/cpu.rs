@@ -199,7 +199,6 @@ pub(super) fn moments_backward(
     dx
 }
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
 mod backends {
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Backend, TensorMetadata};

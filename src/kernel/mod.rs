@@ -29,6 +29,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::Tensor;
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 mod cpu;
 #[cfg(feature = "wgpu")]
 mod cube;
@@ -93,6 +94,7 @@ pub trait NormKernels: Backend {
 }
 
 /// Output shape of [`NormKernels::plane_moments`]: `[2, N, end - start]`.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
 fn moments_shape(x: &burn::tensor::Shape, start: &usize, end: &usize) -> burn::tensor::Shape {
     burn::tensor::Shape::new([2, x[0], end - start])
 }
@@ -273,6 +275,7 @@ fn dims4(shape: &burn::tensor::Shape) -> [usize; 4] {
 /// Input gradient of the moments from generic backend operations:
 /// `dx = gmean / M + gvar * 2 (x - mean) / M` on the channels `start..end` (`M = H * W`),
 /// zero elsewhere.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
 fn moments_backward_generic<B: Backend>(
     x: FloatTensor<B>,
     moments: FloatTensor<B>,
