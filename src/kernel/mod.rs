@@ -19,6 +19,22 @@
 //! autodiff. [`plane_norm_reference`] and [`plane_moments_reference`] compute the same
 //! results from generic tensor operations; tests hold the kernels to them, forward and
 //! gradients, on every backend.
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Tensor, Tolerance};
+//! use ibn_net::kernel::{plane_norm, plane_norm_reference};
+//!
+//! let device = Device::default();
+//! let x = Tensor::<4>::random([2, 8, 5, 5], Distribution::Default, &device);
+//! let scale = Tensor::<1>::random([8], Distribution::Default, &device);
+//! let shift = Tensor::<1>::random([8], Distribution::Default, &device);
+//! // Instance-normalise channels 0..4 (then scale and shift); scale and shift 4..8 only.
+//! let fused = plane_norm(x.clone(), scale.clone(), shift.clone(), 0..4, 1e-5);
+//! let composed = plane_norm_reference(x, scale, shift, 0..4, 1e-5);
+//! fused
+//!     .into_data()
+//!     .assert_approx_eq::<f32>(&composed.into_data(), Tolerance::absolute(1e-5));
+//! ```
 
 // The ndarray backend is deprecated upstream and still supported here.
 #![allow(deprecated)]
@@ -173,8 +189,8 @@ pub fn plane_moments(x: Tensor<4>, channels: Range<usize>) -> (Tensor<2>, Tensor
     split_moments(moments)
 }
 
-/// [`plane_norm`] from generic tensor operations: the reference the kernels are tested
-/// against (and the path of any backend without the kernels).
+/// [`plane_norm`] from generic tensor operations (split, normalise, concatenate): the
+/// reference the kernels are tested against; runs on any backend.
 ///
 /// # Shapes
 /// As [`plane_norm`].

@@ -133,7 +133,9 @@ impl BatchNorm2d {
             return (Tensor::ones([c], &device), Tensor::zeros([c], &device));
         }
         if !self.is_training_for(input) {
-            return self.affine_transform();
+            let device = input.device();
+            let (scale, shift) = self.affine_transform();
+            return (scale.to_device(&device), shift.to_device(&device));
         }
         let [n, _, h, w] = input.dims();
         let (plane_mean, plane_var) = crate::kernel::plane_moments(input.clone(), channels);
