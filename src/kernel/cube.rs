@@ -84,6 +84,25 @@ fn plane_mean_var<F: Float>(
     (mean, var)
 }
 
+/// `(mu, r)` of the plane at `base`: its mean and `1 / sqrt(var + epsilon)` when `stat`,
+/// `(0, 1)` otherwise, so that `(x - mu) * r` is the normalised input or `x` itself.
+#[cube]
+fn plane_norm_stats<F: Float>(
+    x: &Tensor<F>,
+    acc: &mut Shared<[F]>,
+    base: usize,
+    len: usize,
+    stat: bool,
+    epsilon: f32,
+) -> (F, F) {
+    let count = select(stat, len, 0usize);
+    let (mean, var) = plane_mean_var::<F>(x, acc, base, count, len);
+    let one = F::new(1.0_f32);
+    let r = select(stat, one / (var + F::cast_from(epsilon)).sqrt(), one);
+    let mu = select(stat, mean, F::new(0.0_f32));
+    (mu, r)
+}
+
 #[cube(launch)]
 fn plane_norm_kernel<F: Float>(
     x: &Tensor<F>,
@@ -98,19 +117,15 @@ fn plane_norm_kernel<F: Float>(
     #[define(F)] _dtype: ElemType,
 ) {
     let c = CUBE_POS_X as usize;
-    let base = (CUBE_POS_Y as usize * CUBE_COUNT_X as usize + c) * plane_len as usize;
     let len = plane_len as usize;
+    let base = (CUBE_POS_Y as usize * CUBE_COUNT_X as usize + c) * len;
     let stat = c >= stat_start as usize && c < stat_end as usize;
-    let count = select(stat, len, 0usize);
     let mut acc = Shared::new_slice(units);
-    let (mean, var) = plane_mean_var::<F>(x, &mut acc, base, count, len);
+    let (mu, r) = plane_norm_stats::<F>(x, &mut acc, base, len, stat, epsilon);
 
-    let mut a = scale[c];
-    let mut b = shift[c];
-    if stat {
-        a = scale[c] / (var + F::cast_from(epsilon)).sqrt();
-        b = shift[c] - mean * a;
-    }
+    // y = (x - mu) * r * scale + shift = x * a + b
+    let a = scale[c] * r;
+    let b = shift[c] - mu * a;
     let step = CUBE_DIM_X as usize;
     let mut i = UNIT_POS_X as usize;
     while i < len {
@@ -139,16 +154,11 @@ fn plane_norm_backward_kernel<F: Float>(
     let len = plane_len as usize;
     let base = plane * len;
     let stat = c >= stat_start as usize && c < stat_end as usize;
-    let count = select(stat, len, 0usize);
     let mut acc = Shared::new_slice(units);
     let mut acc_x = Shared::new_slice(units);
-    let (mean, var) = plane_mean_var::<F>(x, &mut acc, base, count, len);
-
     // xhat = (x - mu) * r: the normalised input, or x itself for affine-only channels.
+    let (mu, r) = plane_norm_stats::<F>(x, &mut acc, base, len, stat, epsilon);
     let zero = F::new(0.0_f32);
-    let one = F::new(1.0_f32);
-    let r = select(stat, one / (var + F::cast_from(epsilon)).sqrt(), one);
-    let mu = select(stat, mean, zero);
 
     let unit = UNIT_POS_X as usize;
     let step = CUBE_DIM_X as usize;
