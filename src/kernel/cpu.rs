@@ -21,6 +21,25 @@ fn sum_f64(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+/// `sum(f(a, b))` over pairs of `a` and `b`, accumulated in `f64`.
+#[inline]
+fn sum2_f64(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&a, &b)| f(a, b))
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((acc, &a), &b) in acc.iter_mut().zip(ca).zip(cb) {
+            *acc += f(a, b);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Mean and biased variance of one plane (two passes).
 #[inline]
 fn mean_var(plane: &[f32]) -> (f64, f64) {
@@ -98,12 +117,7 @@ pub(super) fn norm_backward(
                     let (mean, var) = mean_var(x);
                     let rstd = 1.0 / (var + epsilon as f64).sqrt();
                     let sum_g = sum_f64(g, |v| v as f64);
-                    let sum_gx = x
-                        .iter()
-                        .zip(g)
-                        .map(|(&x, &g)| g as f64 * (x as f64 - mean))
-                        .sum::<f64>()
-                        * rstd;
+                    let sum_gx = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mean)) * rstd;
                     // dx = scale * rstd * (g - mean(g) - xhat * mean(g * xhat))
                     let k = scale[ch] as f64 * rstd;
                     let a = (k) as f32;
@@ -116,11 +130,7 @@ pub(super) fn norm_backward(
                     *sums = (sum_gx, sum_g);
                 } else {
                     let sum_g = sum_f64(g, |v| v as f64);
-                    let sum_gx = x
-                        .iter()
-                        .zip(g)
-                        .map(|(&x, &g)| g as f64 * x as f64)
-                        .sum::<f64>();
+                    let sum_gx = sum2_f64(x, g, |x, g| g as f64 * x as f64);
                     affine(g, dx, scale[ch], 0.0);
                     *sums = (sum_gx, sum_g);
                 }
