@@ -33,7 +33,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.
 cat "$out/gpu.txt"
 step build cargo build --release --features "$features" --tests --examples --benches
 step tests cargo test --release --features "$features" --test fused --test backends --test parity
-step layers cargo bench --features "$features" --bench ibn -- --device wgpu --filter "n" --iters 20
+step norms cargo bench --features "$features" --bench ibn -- --device wgpu --filter "norm" --iters 20
+step ibn-layers cargo bench --features "$features" --bench ibn -- --device wgpu --filter "ibn layer" --iters 20
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     step models python3 scripts/compare.py --features "$features" --device wgpu \
         --torch-device cuda --batches 32 --models resnet50_ibn_a,resnet50_ibn_b \
