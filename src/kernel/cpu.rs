@@ -113,26 +113,29 @@ pub(super) fn norm_backward(
             .for_each(|(p, ((dx, (x, g)), sums))| {
                 let ch = p % c;
                 let m = hw as f64;
-                if stats.contains(&ch) {
+                // xhat = (x - mu) * r: the normalised input, or x itself without statistics.
+                let stat = stats.contains(&ch);
+                let (mu, r) = if stat {
                     let (mean, var) = mean_var(x);
-                    let rstd = 1.0 / (var + epsilon as f64).sqrt();
-                    let sum_g = sum_f64(g, |v| v as f64);
-                    let sum_gx = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mean)) * rstd;
-                    // dx = scale * rstd * (g - mean(g) - xhat * mean(g * xhat))
-                    let k = scale[ch] as f64 * rstd;
-                    let a = (k) as f32;
-                    let b = (-k * sum_g / m) as f32;
-                    let cx = (-k * sum_gx * rstd / m) as f32;
-                    let mean = mean as f32;
-                    for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                        *dx = g * a + (x - mean) * cx + b;
-                    }
-                    *sums = (sum_gx, sum_g);
+                    (mean, 1.0 / (var + epsilon as f64).sqrt())
                 } else {
-                    let sum_g = sum_f64(g, |v| v as f64);
-                    let sum_gx = sum2_f64(x, g, |x, g| g as f64 * x as f64);
-                    affine(g, dx, scale[ch], 0.0);
-                    *sums = (sum_gx, sum_g);
+                    (0.0, 1.0)
+                };
+                let sum_g = sum_f64(g, |v| v as f64);
+                let sum_gx = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mu)) * r;
+                *sums = (sum_gx, sum_g);
+                let k = scale[ch] as f64 * r;
+                if !stat {
+                    // dx = scale * g
+                    affine(g, dx, k as f32, 0.0);
+                    return;
+                }
+                // dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))
+                let b = (-k * sum_g / m) as f32;
+                let cx = (-k * sum_gx * r / m) as f32;
+                let (a, mu) = (k as f32, mu as f32);
+                for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+                    *dx = g * a + (x - mu) * cx + b;
                 }
             });
     }

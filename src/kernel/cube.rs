@@ -230,7 +230,8 @@ fn units(client: &Client, len: usize) -> u32 {
     }
 }
 
-/// Cube count and dimension for one cube per plane of `[N, C, H, W]`.
+/// Cube count and dimension for one cube per plane of `[N, C, H, W]`; counts the launch
+/// (see [`cube_launches`]).
 fn grid(client: &Client, [n, c, h, w]: [usize; 4]) -> (CubeCount, CubeDim, usize) {
     let units = units(client, h * w);
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
