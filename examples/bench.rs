@@ -86,11 +86,20 @@ fn time<F: FnMut()>(warmup: usize, iters: usize, mut f: F) -> f64 {
     )
 }
 
+/// The device name for reports; `wgpu` says which shader compiler the build uses.
+fn device_label(name: &str) -> String {
+    match name {
+        "wgpu" if cfg!(feature = "vulkan") => "wgpu (SPIR-V on Vulkan)".into(),
+        "wgpu" => "wgpu (WGSL)".into(),
+        other => other.into(),
+    }
+}
+
 fn report(args: &Args, model: &str, batch: usize, mode: &str, ms: f64) {
     if args.json {
         println!(
             "{{\"model\": \"{model}\", \"batch\": {batch}, \"mode\": \"{mode}\", \"median_ms\": {ms:.3}, \"device\": \"{}\"}}",
-            args.device
+            device_label(&args.device)
         );
     } else {
         println!("{model:<20} {batch:>5} {mode:<6} {ms:>10.1} ms");
@@ -121,7 +130,8 @@ fn run(args: &Args) -> ibn_net::Result<()> {
     if !args.json {
         println!(
             "device {}, {} timed runs each (median)",
-            args.device, args.iters
+            device_label(&args.device),
+            args.iters
         );
     }
     for name in &args.models {

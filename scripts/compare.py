@@ -211,6 +211,8 @@ def environment(threads, torch_device, rust_devices):
     ]
     if torch_device.type == "cuda":
         env.append(("GPU", torch.cuda.get_device_name(torch_device)))
+        env.append(("PyTorch TF32 (cuDNN conv / matmul)",
+                    f"{torch.backends.cudnn.allow_tf32} / {torch.backends.cuda.matmul.allow_tf32}"))
     if rust_devices:
         env.append(("ibn-net device", ", ".join(rust_devices)))
     return env
@@ -253,6 +255,9 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=10, help="timed runs per case (default: 10)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
     p.add_argument("--torch-device", default="cpu", help="PyTorch device (default: cpu)")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="CUDA: turn off TF32 in cuDNN convolutions and matmuls (PyTorch's "
+                        "default lets cuDNN use TF32), so both sides compute in float32")
     p.add_argument("--no-train", action="store_true",
                    help=f"skip the PyTorch training step ({TRAIN_MODEL}, batch {TRAIN_BATCH})")
     p.add_argument("--features", default="flex",
@@ -290,6 +295,9 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch_device = torch.device(args.torch_device)
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     if args.rust_json:
         with open(args.rust_json) as f:

@@ -1,45 +1,104 @@
 #!/usr/bin/env bash
-# One pass on a GPU machine: build, hold the wgpu path to the CPU/PyTorch references, time.
+# One pass on a GPU machine: hold the wgpu path to the CPU/PyTorch references, then time.
 #
-#   bash scripts/gpu_check.sh [OUT_DIR]
+#   bash scripts/gpu_check.sh [OUT_DIR]              # builds with cargo, then runs
+#   bash scripts/gpu_check.sh --pack DIR             # builds, copies the binaries to DIR
+#   IBN_BIN_DIR=DIR bash scripts/gpu_check.sh [OUT]  # runs binaries packed earlier
 #
-# 1. builds the tests and the bench example with the `wgpu` feature;
-# 2. runs the kernel and backend tests (wgpu results against the composed path and against
-#    the PyTorch fixtures) on the machine's GPU adapter;
-# 3. times the norm layers on wgpu (fused vs composed, eval and training steps);
-# 4. times the models on wgpu at batch 32 and, when PyTorch with CUDA is installed, PyTorch
-#    CUDA eager in the same run (`scripts/compare.py`), writing the Markdown table to
-#    OUT_DIR/gpu.md.
-# Each step logs to OUT_DIR; a failed step does not stop the later ones.
+# The last form is for a GPU machine without a Rust toolchain: pack on a machine with one
+# (same architecture, a glibc no newer than the GPU machine's), copy DIR over, run there.
+# The packed test binaries read their fixtures from the checkout this script runs in.
+#
+# 1. runs the kernel, backend and PyTorch-parity tests; every backend compiled in (flex,
+#    ndarray, wgpu on the machine's GPU adapter) is held to the composed path and to the
+#    PyTorch fixtures, and the backend test compares wgpu with the CPU;
+# 2. times resnet50_ibn_a/b at batch 32 (and the training step at batch 8) on wgpu and,
+#    when PyTorch with CUDA is installed, PyTorch CUDA eager in the same run
+#    (`scripts/compare.py`), writing the Markdown tables to OUT_DIR/gpu.md (PyTorch's
+#    defaults: cuDNN may use TF32) and OUT_DIR/gpu-fp32.md (TF32 off, float32 like wgpu);
+# 3. times the norm and IBN layers on wgpu (fused vs composed, eval and training steps).
+# Each step logs to OUT_DIR and runs under a time limit (STEP_TIMEOUT seconds, default
+# 300); a failed step does not stop the later ones. GPU use is sampled to OUT_DIR/smi.csv.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ibn-target}"
+features="${IBN_FEATURES:-ndarray wgpu autodiff}" # cargo features of the build (e.g. "vulkan autodiff")
+tests=(fused backends parity)
+
+# Paths of the binaries this script runs, as `kind name path` lines from cargo's JSON.
+built_binaries() {
+    cargo build --release --features "$features" --tests --examples --benches \
+        --message-format=json |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if r.get("reason") == "compiler-artifact" and r.get("executable"):
+        print(r["target"]["kind"][0], r["target"]["name"], r["executable"])'
+}
+
+if [[ "${1:-}" == "--pack" ]]; then
+    dir="${2:?--pack needs a folder}"
+    mkdir -p "$dir"
+    while read -r kind name path; do
+        case "$kind:$name" in
+        test:fused | test:backends | test:parity) cp "$path" "$dir/$name" ;;
+        example:bench) cp "$path" "$dir/bench" ;;
+        bench:ibn) cp "$path" "$dir/layer_bench" ;;
+        esac
+    done < <(built_binaries)
+    strip "$dir"/* 2>/dev/null || true
+    ls -l "$dir"
+    exit 0
+fi
+
 out="${1:-${OUT:-/tmp/ibn-gpu}}"
 mkdir -p "$out"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ibn-target}"
-features="wgpu autodiff"
+limit="${STEP_TIMEOUT:-300}"
 
 step() {
     local name="$1"
     shift
     echo "== $name"
     local start=$SECONDS
-    "$@" >"$out/$name.log" 2>&1
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
     echo "   exit $rc, $((SECONDS - start)) s (log: $out/$name.log)"
-    tail -n 15 "$out/$name.log"
+    tail -n 8 "$out/$name.log"
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
-step build cargo build --release --features "$features" --tests --examples --benches
-step tests cargo test --release --features "$features" --test fused --test backends --test parity
-step norms cargo bench --features "$features" --bench ibn -- --device wgpu --filter "norm" --iters 20
-step ibn-layers cargo bench --features "$features" --bench ibn -- --device wgpu --filter "ibn layer" --iters 20
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 \
+    >"$out/smi.csv" 2>/dev/null &
+smi=$!
+trap 'kill $smi 2>/dev/null' EXIT
+
+if [[ -n "${IBN_BIN_DIR:-}" ]]; then
+    bin="$IBN_BIN_DIR"
+    export CARGO_MANIFEST_DIR="$PWD" # where the test binaries find tests/fixtures
+else
+    bin="$out/bin"
+    mkdir -p "$bin"
+    echo "== build"
+    bash "$0" --pack "$bin" >"$out/build.log" 2>&1 || tail -n 20 "$out/build.log"
+fi
+
+for t in "${tests[@]}"; do
+    step "test-$t" "$bin/$t"
+done
+step models-wgpu "$bin/bench" --device wgpu --models resnet50_ibn_a,resnet50_ibn_b \
+    --batches 32 --iters 20 --json
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    step models python3 scripts/compare.py --features "$features" --device wgpu \
+    step models-compare python3 scripts/compare.py --rust-json "$out/models-wgpu.log" \
         --torch-device cuda --batches 32 --models resnet50_ibn_a,resnet50_ibn_b \
         --iters 20 --out "$out/gpu.md"
-else
-    step models cargo run --release --features "$features" --example bench -- \
-        --device wgpu --models resnet50_ibn_a,resnet50_ibn_b --batches 32 --iters 20
+    step models-compare-fp32 python3 scripts/compare.py --rust-json "$out/models-wgpu.log" \
+        --torch-device cuda --no-tf32 --batches 32 --models resnet50_ibn_a,resnet50_ibn_b \
+        --iters 20 --out "$out/gpu-fp32.md"
 fi
+step norms "$bin/layer_bench" --device wgpu --filter "norm" --iters 20
+step ibn-layers "$bin/layer_bench" --device wgpu --filter "ibn layer" --iters 20

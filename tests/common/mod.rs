@@ -20,8 +20,12 @@ use ibn_net::weights::{
 /// Relative tolerance of every PyTorch comparison: max |ours - torch| <= TOL * max |torch|.
 pub const TOL: f32 = 1e-5;
 
+/// `tests/fixtures/<name>` of the checkout named by `CARGO_MANIFEST_DIR` at run time (cargo
+/// sets it; `scripts/gpu_check.sh` sets it for packed test binaries run elsewhere), else of
+/// the checkout the test was built from.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("tests/fixtures")
         .join(name)
 }
