@@ -90,15 +90,17 @@ fi
 for t in "${tests[@]}"; do
     step "test-$t" "$bin/$t"
 done
-step models-wgpu "$bin/bench" --device wgpu --models resnet50_ibn_a,resnet50_ibn_b \
-    --batches 32 --iters 20 --json
+models=(--models resnet50_ibn_a,resnet50_ibn_b --batches 32 --iters 20)
+step models-wgpu "$bin/bench" --device wgpu "${models[@]}" --json
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    step models-compare python3 scripts/compare.py --rust-json "$out/models-wgpu.log" \
-        --torch-device cuda --batches 32 --models resnet50_ibn_a,resnet50_ibn_b \
-        --iters 20 --out "$out/gpu.md"
-    step models-compare-fp32 python3 scripts/compare.py --rust-json "$out/models-wgpu.log" \
-        --torch-device cuda --no-tf32 --batches 32 --models resnet50_ibn_a,resnet50_ibn_b \
-        --iters 20 --out "$out/gpu-fp32.md"
+    compare() { # compare STEP_NAME [compare.py options]: PyTorch CUDA against models-wgpu
+        local name="$1"
+        shift
+        step "$name" python3 scripts/compare.py --rust-json "$out/models-wgpu.log" \
+            --torch-device cuda "${models[@]}" "$@"
+    }
+    compare models-compare --out "$out/gpu.md"
+    compare models-compare-fp32 --no-tf32 --out "$out/gpu-fp32.md"
 fi
 step norms "$bin/layer_bench" --device wgpu --filter "norm" --iters 20
 step ibn-layers "$bin/layer_bench" --device wgpu --filter "ibn layer" --iters 20

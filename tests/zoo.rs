@@ -36,7 +36,7 @@ fn parameter_counts_equal_the_release() {
 
 /// `key -> (is_parameter, shape)` of a reference key list, without `num_batches_tracked`.
 fn reference_keys(name: &str) -> BTreeMap<String, (bool, Vec<usize>)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = checkout()
         .join("tests/reference_keys")
         .join(format!("{name}.txt"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -20,14 +20,17 @@ use ibn_net::weights::{
 /// Relative tolerance of every PyTorch comparison: max |ours - torch| <= TOL * max |torch|.
 pub const TOL: f32 = 1e-5;
 
-/// `tests/fixtures/<name>` of the checkout named by `CARGO_MANIFEST_DIR` at run time (cargo
-/// sets it; `scripts/gpu_check.sh` sets it for packed test binaries run elsewhere), else of
-/// the checkout the test was built from.
-pub fn fixture(name: &str) -> PathBuf {
+/// The checkout the test data is read from: `CARGO_MANIFEST_DIR` at run time (cargo sets it;
+/// `scripts/gpu_check.sh` sets it for packed test binaries run elsewhere), else the checkout
+/// the test was built from.
+pub fn checkout() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("tests/fixtures")
-        .join(name)
+}
+
+/// `tests/fixtures/<name>` of [`checkout`].
+pub fn fixture(name: &str) -> PathBuf {
+    checkout().join("tests/fixtures").join(name)
 }
 
 pub fn cpu() -> Device {
