@@ -151,16 +151,18 @@ impl BatchNorm2d {
             n * h * w,
             self.momentum,
         );
-        let scale = self.weight.val() / var.add_scalar(self.epsilon).sqrt();
-        let shift = self.bias.val() - mean * scale.clone();
-        (scale, shift)
+        super::normalising_affine(self.weight.val(), self.bias.val(), mean, var, self.epsilon)
     }
 
     /// Per-channel `(scale, shift)` of the evaluation transform `y = scale * x + shift`.
     pub fn affine_transform(&self) -> (Tensor<1>, Tensor<1>) {
-        let scale = self.weight.val() / self.running_var.value().add_scalar(self.epsilon).sqrt();
-        let shift = self.bias.val() - scale.clone() * self.running_mean.value();
-        (scale, shift)
+        super::normalising_affine(
+            self.weight.val(),
+            self.bias.val(),
+            self.running_mean.value(),
+            self.running_var.value(),
+            self.epsilon,
+        )
     }
 
     fn forward_train(&self, input: Tensor<4>) -> Tensor<4> {

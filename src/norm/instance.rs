@@ -121,6 +121,12 @@ impl InstanceNorm2d {
         (out.output.reshape([n, c, h, w]), out.mean, out.variance)
     }
 
+    /// Whether `input` gets training-mode behaviour (running-statistics updates; running
+    /// statistics not used): on autodiff devices, unless the layer is `valid()`.
+    fn is_training_for(&self, input: &Tensor<4>) -> bool {
+        input.device().is_autodiff() && self.training.is_enabled()
+    }
+
     /// The generic composed path, the reference for [`forward`](Self::forward): per-sample
     /// statistics through a batch norm over the `[1, N*C, H, W]` view (burn's
     /// `batch_norm_train`), running statistics through burn's `batch_norm`. Updates the
@@ -132,7 +138,7 @@ impl InstanceNorm2d {
     pub fn forward_composed(&self, input: Tensor<4>) -> Tensor<4> {
         let [n, c, h, w] = input.dims();
         let device = input.device();
-        let training = device.is_autodiff() && self.training.is_enabled();
+        let training = self.is_training_for(&input);
         if let (Some(mean), Some(var), false) = (&self.running_mean, &self.running_var, training) {
             let (gamma, beta) = self.gamma_beta(&device);
             return burn::tensor::module::batch_norm(
@@ -166,17 +172,17 @@ impl InstanceNorm2d {
     pub(crate) fn plan_for(&self, input: &Tensor<4>) -> (Tensor<1>, Tensor<1>, Range<usize>) {
         let [_, c, h, w] = input.dims();
         let device = input.device();
-        let training = device.is_autodiff() && self.training.is_enabled();
+        let training = self.is_training_for(input);
         let (gamma, beta) = self.gamma_beta(&device);
         match (&self.running_mean, &self.running_var) {
             (Some(mean), Some(var)) if !training => {
-                let scale = gamma
-                    / var
-                        .value()
-                        .to_device(&device)
-                        .add_scalar(self.epsilon)
-                        .sqrt();
-                let shift = beta - mean.value().to_device(&device) * scale.clone();
+                let (scale, shift) = super::normalising_affine(
+                    gamma,
+                    beta,
+                    mean.value().to_device(&device),
+                    var.value().to_device(&device),
+                    self.epsilon,
+                );
                 (scale, shift, 0..0)
             }
             (Some(running_mean), Some(running_var)) => {

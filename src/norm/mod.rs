@@ -12,6 +12,20 @@ pub use instance::{InstanceNorm2d, InstanceNorm2dConfig};
 use burn::module::{Module, RunningState};
 use burn::tensor::Tensor;
 
+/// Per-channel `(scale, shift)` `[C]` such that
+/// `(x - mean) / sqrt(var + epsilon) * weight + bias = x * scale + shift`.
+pub(crate) fn normalising_affine(
+    weight: Tensor<1>,
+    bias: Tensor<1>,
+    mean: Tensor<1>,
+    var: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<1>, Tensor<1>) {
+    let scale = weight / var.add_scalar(epsilon).sqrt();
+    let shift = bias - mean * scale.clone();
+    (scale, shift)
+}
+
 /// PyTorch's running-statistics update: `running = (1 - momentum) * running + momentum * batch`,
 /// with the batch variance made unbiased over `count` values per channel (`count / (count - 1)`).
 pub(crate) fn update_running_stats(
