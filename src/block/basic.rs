@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::{Downsample, IbnMode, check_positive, conv, finish_residual, first_norm, post_norm};
 use crate::error::Result;
+use crate::kernel::conv2d_module;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, InstanceNorm2d, Norm2d};
 
 /// Configuration of a [`BasicBlock`].
@@ -76,8 +77,8 @@ impl BasicBlock {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, planes, ceil(H / stride), ceil(W / stride)]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(input.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(conv2d_module(&self.conv1, input.clone())));
+        let out = self.bn2.forward(conv2d_module(&self.conv2, out));
         finish_residual(out, input, &self.downsample, &self.post_in)
     }
 }

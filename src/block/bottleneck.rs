@@ -11,6 +11,7 @@ use super::{
     finish_residual, first_norm, post_norm,
 };
 use crate::error::{IbnError, Result};
+use crate::kernel::conv2d_module;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, InstanceNorm2d, Norm2d};
 
 /// Output channels per `planes` of a bottleneck.
@@ -127,9 +128,9 @@ impl Bottleneck {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, 4 * planes, ceil(H / stride), ceil(W / stride)]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(input.clone())));
-        let out = relu(self.bn2.forward(self.conv2.forward(out)));
-        let mut out = self.bn3.forward(self.conv3.forward(out));
+        let out = relu(self.bn1.forward(conv2d_module(&self.conv1, input.clone())));
+        let out = relu(self.bn2.forward(conv2d_module(&self.conv2, out)));
+        let mut out = self.bn3.forward(conv2d_module(&self.conv3, out));
         if let Some(se) = &self.se {
             out = se.forward(out);
         }

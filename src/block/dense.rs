@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::{check_positive, conv};
 use crate::error::Result;
+use crate::kernel::conv2d_module;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, IbnConfig, Norm2d};
 
 /// Configuration of a [`DenseLayer`].
@@ -75,8 +76,8 @@ impl DenseLayer {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, growth_rate, H, W]` (the new features only)
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = self.conv1.forward(relu(self.norm1.forward(input)));
-        self.conv2.forward(relu(self.norm2.forward(out)))
+        let out = conv2d_module(&self.conv1, relu(self.norm1.forward(input)));
+        conv2d_module(&self.conv2, relu(self.norm2.forward(out)))
     }
 }
 
@@ -193,6 +194,6 @@ impl Transition {
     /// - output: `[N, C_out, H / 2, W / 2]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         self.pool
-            .forward(self.conv.forward(relu(self.norm.forward(input))))
+            .forward(conv2d_module(&self.conv, relu(self.norm.forward(input))))
     }
 }

@@ -25,6 +25,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IbnError, Result};
+use crate::kernel::conv2d_module;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, IbnConfig, InstanceNorm2d, Norm2d};
 
 /// Which IBN variant a residual block uses.
@@ -119,7 +120,7 @@ impl Downsample {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H / stride, W / stride]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(input))
+        self.bn.forward(conv2d_module(&self.conv, input))
     }
 }
 

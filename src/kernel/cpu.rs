@@ -217,6 +217,10 @@ mod backends {
     use burn::backend::{Backend, TensorMetadata};
     use burn::tensor::{DType, Shape, TensorData};
 
+    use burn::tensor::ops::ConvOptions;
+
+    use super::super::conv::{ConvKernels, out_size};
+    use super::super::im2col::{ConvGeometry, conv2d_backward, conv2d_forward};
     use super::super::{NormKernels, dims4};
 
     /// Read access to a CPU backend's tensors as contiguous `f32` values.
@@ -414,4 +418,90 @@ mod backends {
     cpu_kernels!(burn::backend::Flex);
     #[cfg(feature = "ndarray")]
     cpu_kernels!(burn::backend::NdArray);
+
+    /// The geometry of a convolution of `x` by `weight`.
+    fn conv_geometry(x: &Shape, weight: &Shape, options: &ConvOptions<2>) -> ConvGeometry {
+        let [batch, c_in, h, w] = dims4(x);
+        let [c_out, _, kh, kw] = dims4(weight);
+        ConvGeometry {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel: [kh, kw],
+            stride: options.stride,
+            padding: options.padding_begin(),
+            dilation: options.dilation,
+            groups: options.groups,
+            out: [out_size(h, kh, 0, options), out_size(w, kw, 1, options)],
+        }
+    }
+
+    pub(in super::super) fn conv2d_unfold<B: CpuAccess>(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        bias: FloatTensor<B>,
+        with_bias: bool,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<B> {
+        let (dtype, device) = (x.dtype(), x.device());
+        let g = conv_geometry(&x.shape(), &weight.shape(), &options);
+        let bias = with_bias.then(|| read::<B>(bias));
+        let out = B::with_f32(x, |x| {
+            B::with_f32(weight, |w| conv2d_forward(&g, x, w, bias.as_deref()))
+        });
+        let shape = Shape::new([g.batch, g.c_out, g.out[0], g.out[1]]);
+        write::<B>(out, shape, dtype, &device)
+    }
+
+    pub(in super::super) fn conv2d_unfold_backward<B: CpuAccess>(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        options: ConvOptions<2>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let (x_shape, w_shape) = (x.shape(), weight.shape());
+        let (dtype, device) = (x.dtype(), x.device());
+        let g = conv_geometry(&x_shape, &w_shape, &options);
+        let (dx, dw) = B::with_f32(x, |x| {
+            B::with_f32(weight, |w| {
+                B::with_f32(grad, |grad| conv2d_backward(&g, x, w, grad))
+            })
+        });
+        (
+            write::<B>(dx, x_shape, dtype, &device),
+            write::<B>(dw, w_shape, dtype, &device),
+        )
+    }
+
+    macro_rules! cpu_conv_kernels {
+        ($backend:ty) => {
+            impl ConvKernels for $backend {
+                fn conv2d_unfold(
+                    x: FloatTensor<Self>,
+                    weight: FloatTensor<Self>,
+                    bias: FloatTensor<Self>,
+                    with_bias: bool,
+                    options: ConvOptions<2>,
+                ) -> FloatTensor<Self> {
+                    conv2d_unfold::<Self>(x, weight, bias, with_bias, options)
+                }
+
+                fn conv2d_unfold_backward(
+                    x: FloatTensor<Self>,
+                    weight: FloatTensor<Self>,
+                    grad: FloatTensor<Self>,
+                    options: ConvOptions<2>,
+                ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                    conv2d_unfold_backward::<Self>(x, weight, grad, options)
+                }
+            }
+        };
+    }
+
+    #[cfg(feature = "flex")]
+    cpu_conv_kernels!(burn::backend::Flex);
+    #[cfg(feature = "ndarray")]
+    cpu_conv_kernels!(burn::backend::NdArray);
 }

@@ -9,6 +9,11 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 
 use super::NormKernels;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use {
+    super::ConvKernels, burn::backend::TensorMetadata, burn::backend::ops::FloatTensorOps,
+    burn::tensor::Shape, burn::tensor::ops::ConvOptions,
+};
 
 /// Backward step of `plane_norm`: parents `[x, scale, shift]`.
 #[derive(Debug)]
@@ -160,5 +165,100 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
             start,
             end,
         ))
+    }
+}
+
+/// Backward step of the CPU convolution: parents `[x, weight]`.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[derive(Debug)]
+struct ConvBackward;
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+impl<B: Backend + ConvKernels> Backward<B, 2> for ConvBackward {
+    /// `(x, weight, options)`.
+    type State = (NodeId, NodeId, ConvOptions<2>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state, options) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
+        let (dx, dweight) = B::conv2d_unfold_backward(x, weight, grad, options);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = node_weight {
+            grads.register::<B>(node.id, dweight);
+        }
+    }
+}
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
+    fn conv2d_unfold(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        with_bias: bool,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        // The kernel leaves the bias to autodiff's broadcasting addition (below), which owns
+        // its gradient; it gets the tensor as an unread stand-in.
+        let stand_in = bias.clone().into_primitive();
+        let out = match ConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let output = B::conv2d_unfold(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    stand_in,
+                    false,
+                    options.clone(),
+                );
+                prep.finish((x_state, weight_state, options), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_unfold(
+                x.into_primitive(),
+                weight.into_primitive(),
+                stand_in,
+                false,
+                options,
+            )),
+        };
+        if !with_bias {
+            return out;
+        }
+        let c = bias.shape()[0];
+        Self::float_add(out, Self::float_reshape(bias, Shape::new([1, c, 1, 1])))
+    }
+
+    fn conv2d_unfold_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // Second derivatives are not provided: the gradients come out as constants.
+        let (dx, dweight) = B::conv2d_unfold_backward(
+            x.into_primitive(),
+            weight.into_primitive(),
+            grad.into_primitive(),
+            options,
+        );
+        (
+            FloatTensor::<Self>::new(dx),
+            FloatTensor::<Self>::new(dweight),
+        )
     }
 }

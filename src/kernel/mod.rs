@@ -45,12 +45,20 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::Tensor;
 
+mod conv;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod cpu;
 #[cfg(feature = "wgpu")]
 mod cube;
 #[cfg(feature = "autodiff")]
 mod grad;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod im2col;
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub use conv::ConvKernels;
+pub use conv::conv2d;
+pub(crate) use conv::conv2d_module;
 
 #[cfg(feature = "wgpu")]
 #[doc(hidden)]

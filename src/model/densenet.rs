@@ -16,6 +16,7 @@ use crate::block::{
     DenseBlock, DenseBlockConfig, Transition, TransitionConfig, check_positive, conv,
 };
 use crate::error::{IbnError, Result};
+use crate::kernel::conv2d_module;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 
 /// Configuration of a [`DenseNetIbn`] (torchvision's DenseNet-BC with IBN-a).
@@ -174,7 +175,7 @@ impl DenseNetIbn {
     }
 
     fn stem(&self, input: Tensor<4>) -> Tensor<4> {
-        relu(self.norm0.forward(self.conv0.forward(input)))
+        relu(self.norm0.forward(conv2d_module(&self.conv0, input)))
     }
 
     /// Runs dense blocks `0..=last`, returning the output of each (the last one through

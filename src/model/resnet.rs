@@ -17,6 +17,7 @@ use crate::block::{
     BasicBlock, BasicBlockConfig, Bottleneck, BottleneckConfig, IbnMode, check_positive, conv,
 };
 use crate::error::{IbnError, Result};
+use crate::kernel::conv2d_module;
 use crate::norm::{BatchNorm2dConfig, InstanceNorm2dConfig, Norm2d};
 
 /// Residual block type of a ResNet.
@@ -327,7 +328,7 @@ impl ResNetIbn {
     }
 
     fn stem(&self, input: Tensor<4>) -> Tensor<4> {
-        relu(self.bn1.forward(self.conv1.forward(input)))
+        relu(self.bn1.forward(conv2d_module(&self.conv1, input)))
     }
 }
 

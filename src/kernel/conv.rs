@@ -1,0 +1,175 @@
+//! 2-d convolution: burn's on GPU backends, this crate's im2col + matrix-product kernels
+//! (forward and backward) on the CPU backends.
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
+use burn::tensor::module::conv2d as burn_conv2d;
+use burn::tensor::ops::ConvOptions;
+
+/// 2-d convolution with the contract of burn's `burn::tensor::module::conv2d`.
+///
+/// On flex and ndarray devices (with or without autodiff) it runs this crate's kernels:
+/// per sample, the input is unfolded (im2col; skipped for stride-1 unpadded 1x1 kernels) and
+/// multiplied by the weights read in place as `[C_out, C_in / groups * kh * kw]`, writing
+/// straight into the output; the backward pass is the two matching products and a fold back
+/// (col2im). Other devices use burn's `conv2d`. Differentiable with respect to `x`, `weight`
+/// and `bias`.
+///
+/// # Shapes
+/// - `x`: `[N, C_in, H, W]`
+/// - `weight`: `[C_out, C_in / groups, kh, kw]`
+/// - `bias`: `[C_out]`
+/// - output: `[N, C_out, OH, OW]`, `OH = (H + pad_top + pad_bottom - dilation * (kh - 1) - 1)
+///   / stride + 1` (same for `OW`)
+///
+/// # Panics
+/// As burn's `conv2d`: when the channels of `x` and `weight` or the groups disagree, or the
+/// kernel does not fit the padded input.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    if cpu::on_cpu_backend(&x.device()) {
+        return cpu::conv2d(x, weight, bias, options);
+    }
+    burn_conv2d(x, weight, bias, options)
+}
+
+/// [`conv2d`] with the weights, bias and options of a burn `Conv2d` module (what
+/// `Conv2d::forward` computes).
+pub(crate) fn conv2d_module(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [(0, 0); 2],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        // Input-dependent padding: burn's own forward works it out.
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    conv2d(
+        x,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+        options,
+    )
+}
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub use cpu::ConvKernels;
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod cpu {
+    // The ndarray backend is deprecated upstream and still supported here.
+    #![allow(deprecated)]
+
+    use burn::backend::tensor::FloatTensor;
+    use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Device, Tensor};
+
+    /// The backend operations behind [`conv2d`](super::conv2d) on CPU backends.
+    ///
+    /// Implemented for flex and ndarray (plain Rust over `gemm`) and autodiff (hand-written
+    /// backward pass). Not meant to be called directly.
+    #[backend_extension(
+        Flex: cfg(feature = "flex"),
+        NdArray: cfg(feature = "ndarray"),
+        Autodiff: cfg(feature = "autodiff")
+    )]
+    pub trait ConvKernels: Backend {
+        /// Forward convolution: `x` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, kh,
+        /// kw]`, `bias` `[C_out]` (added when `with_bias`); `[N, C_out, OH, OW]`.
+        fn conv2d_unfold(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: FloatTensor<Self>,
+            with_bias: bool,
+            options: ConvOptions<2>,
+        ) -> FloatTensor<Self>;
+
+        /// Gradients of the input and the weight given the output gradient `grad`:
+        /// `(dx [N, C_in, H, W], dweight [C_out, C_in / groups, kh, kw])`.
+        fn conv2d_unfold_backward(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            options: ConvOptions<2>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    }
+
+    /// Whether `device` (or the device an autodiff device wraps) is a CPU backend with these
+    /// kernels.
+    pub(super) fn on_cpu_backend(device: &Device) -> bool {
+        #[allow(unreachable_patterns)]
+        match device.clone().inner().as_dispatch() {
+            #[cfg(feature = "flex")]
+            DispatchDevice::Flex(_) => true,
+            #[cfg(feature = "ndarray")]
+            DispatchDevice::NdArray(_) => true,
+            _ => false,
+        }
+    }
+
+    pub(super) fn conv2d(
+        x: Tensor<4>,
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        options: ConvOptions<2>,
+    ) -> Tensor<4> {
+        check(&x, &weight, bias.as_ref(), &options);
+        let with_bias = bias.is_some();
+        // Without a bias the kernel gets an unread stand-in.
+        let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
+        Tensor::from_dispatch(<Dispatch as ConvKernels>::conv2d_unfold(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            with_bias,
+            options,
+        ))
+    }
+
+    /// The checks burn's `conv2d` makes, with the same messages' substance.
+    fn check(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, o: &ConvOptions<2>) {
+        let [_, c_in, h, w] = x.dims();
+        let [c_out, c_group, kh, kw] = weight.dims();
+        assert!(
+            o.groups > 0 && c_in % o.groups == 0 && c_out % o.groups == 0,
+            "conv2d: {c_in} input and {c_out} output channels are not divisible by {} groups",
+            o.groups
+        );
+        assert_eq!(
+            c_group * o.groups,
+            c_in,
+            "conv2d: the weight expects {} input channels, the input has {c_in}",
+            c_group * o.groups
+        );
+        if let Some(bias) = bias {
+            assert_eq!(
+                bias.dims()[0],
+                c_out,
+                "conv2d: the bias has {} values for {c_out} output channels",
+                bias.dims()[0]
+            );
+        }
+        for (axis, (size, k)) in [(h, kh), (w, kw)].into_iter().enumerate() {
+            let (begin, end) = o.padding[axis];
+            let reach = o.dilation[axis] * (k.max(1) - 1) + 1;
+            assert!(
+                size + begin + end >= reach,
+                "conv2d: a kernel spanning {reach} does not fit the padded input size {}",
+                size + begin + end
+            );
+        }
+    }
+}
+
+/// Output size of a convolution along `axis`.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(super) fn out_size(size: usize, k: usize, axis: usize, o: &ConvOptions<2>) -> usize {
+    let (begin, end) = o.padding[axis];
+    (size + begin + end - o.dilation[axis] * (k - 1) - 1) / o.stride[axis] + 1
+}

@@ -1,0 +1,474 @@
+//! 2-d convolution on CPU backends as im2col + matrix product, forward and backward, over
+//! contiguous `f32` buffers in NCHW layout.
+//!
+//! Per sample, the input planes are unfolded into the matrix `col` `[C_in * kh * kw, OH * OW]`
+//! (row `(c, i, j)` holds plane `c` shifted by kernel tap `(i, j)`), which is exactly the layout
+//! of PyTorch's weights `[C_out, C_in / groups, kh, kw]` read as `[C_out, K]`: the output of
+//! group `g` is `W_g [C_out / groups, K_g] x col_g [K_g, OH * OW]`, written straight into the
+//! output tensor. Stride-1, unpadded 1x1 convolutions use the input itself as `col`. The
+//! backward pass is two products per sample: `dW_g += dY_g x col_g^T` and
+//! `dcol_g = W_g^T x dY_g`, then `dcol` is folded back onto the input planes (col2im).
+//!
+//! Work is split across samples when there are at least as many samples as threads (one
+//! scratch `col` per thread, reused between calls), and inside each product otherwise.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Geometry of one 2-d convolution (padding at the start of each axis; the output size
+/// already accounts for the padding at the end).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ConvGeometry {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+    pub out: [usize; 2],
+}
+
+impl ConvGeometry {
+    /// Rows of `col` per group: `C_in / groups * kh * kw`.
+    fn k_group(&self) -> usize {
+        self.c_in / self.groups * self.kernel[0] * self.kernel[1]
+    }
+
+    fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
+    }
+
+    fn in_plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.out[0] * self.out[1]
+    }
+
+    /// `col` is the input itself: 1x1 kernel, unit stride, no padding.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// Split the batch across threads (else parallelise inside each sample).
+    fn per_sample_threads(&self) -> bool {
+        let threads = rayon::current_num_threads();
+        threads > 1 && self.batch >= threads
+    }
+}
+
+/// Largest scratch buffer kept between calls (values; 32 MiB): larger ones are freed.
+const SCRATCH_KEEP: usize = 8 << 20;
+
+thread_local! {
+    /// Reused `col` buffer of the calling thread (grows, never shrinks).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with this thread's scratch buffer of at least `len` values (contents unspecified).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if len > SCRATCH_KEEP {
+                return f(&mut vec![0.0; len]);
+            }
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a product waiting on rayon ran another task here).
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// A strided read-only matrix view: element `(r, c)` at `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn row_major(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `[rows, cols]` matrix.
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
+    fn check(&self, rows: usize, cols: usize) {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// `dst [m, n]` (row-major) `= lhs [m, k] x rhs [k, n]`, or `+=` with `accumulate`.
+fn matmul(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(dst.len() >= m * n, "matrix product output out of bounds");
+    lhs.check(m, k);
+    rhs.check(k, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if parallel && m * n * k >= 64 * 64 * 64 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the three views were bounds-checked above for the (m, k), (k, n) and (m, n)
+    // index ranges that `gemm` reads and writes; `dst` is borrowed mutably and does not
+    // alias the shared inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Output positions `lo..hi` along one axis whose input index
+/// `o * stride + tap * dilation - pad` falls inside `0..size`.
+fn valid_range(size: usize, out: usize, stride: usize, offset: isize) -> (usize, usize) {
+    // index = o * stride + offset, need 0 <= index < size.
+    let lo = if offset >= 0 {
+        0
+    } else {
+        ((-offset) as usize).div_ceil(stride)
+    };
+    let hi = if (size as isize) <= offset {
+        0
+    } else {
+        ((size as isize - 1 - offset) as usize / stride + 1).min(out)
+    };
+    (lo.min(hi), hi)
+}
+
+/// Visits every row segment of the unfolded matrix of one input plane: for kernel tap
+/// `t = (i, j)` and output row `oy`, calls `f(t, oy, x_row, ox_range)` where `x_row` is the
+/// input row read by that tap (`None` in the padding) and `ox_range` the output columns
+/// whose input column is inside the plane.
+#[inline]
+fn for_each_segment(
+    g: &ConvGeometry,
+    mut f: impl FnMut(usize, usize, Option<usize>, (usize, usize), isize),
+) {
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    let [dh, dw] = g.dilation;
+    for i in 0..kh {
+        let off_y = (i * dh) as isize - ph as isize;
+        let (y_lo, y_hi) = valid_range(g.h, g.out[0], sh, off_y);
+        for j in 0..kw {
+            let off_x = (j * dw) as isize - pw as isize;
+            let xs = valid_range(g.w, g.out[1], sw, off_x);
+            let t = i * kw + j;
+            for oy in 0..g.out[0] {
+                let iy = (oy >= y_lo && oy < y_hi).then(|| (oy * sh) as isize + off_y);
+                f(t, oy, iy.map(|iy| iy as usize), xs, off_x);
+            }
+        }
+    }
+}
+
+/// Unfolds one input plane `[H, W]` into its `kh * kw` rows of `col` (`[kh * kw, OH * OW]`).
+fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32]) {
+    let (ow, n) = (g.out[1], g.out_plane());
+    let sw = g.stride[1];
+    for_each_segment(g, |t, oy, iy, (lo, hi), off_x| {
+        let dst = &mut rows[t * n + oy * ow..t * n + (oy + 1) * ow];
+        let Some(iy) = iy.filter(|_| lo < hi) else {
+            dst.fill(0.0);
+            return;
+        };
+        let src = &plane[iy * g.w..(iy + 1) * g.w];
+        dst[..lo].fill(0.0);
+        dst[hi..].fill(0.0);
+        let start = (lo * sw) as isize + off_x;
+        let start = start as usize;
+        if sw == 1 {
+            dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+        } else {
+            for (d, s) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(sw)) {
+                *d = *s;
+            }
+        }
+    });
+}
+
+/// Adds the `kh * kw` rows of `dcol` belonging to one input plane back onto `plane`.
+fn col2im_plane(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
+    let (ow, n) = (g.out[1], g.out_plane());
+    let sw = g.stride[1];
+    plane.fill(0.0);
+    for_each_segment(g, |t, oy, iy, (lo, hi), off_x| {
+        let Some(iy) = iy.filter(|_| lo < hi) else {
+            return;
+        };
+        let src = &rows[t * n + oy * ow + lo..t * n + oy * ow + hi];
+        let start = ((lo * sw) as isize + off_x) as usize;
+        let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+        if sw == 1 {
+            for (d, s) in dst[start..start + (hi - lo)].iter_mut().zip(src) {
+                *d += *s;
+            }
+        } else {
+            for (d, s) in dst[start..].iter_mut().step_by(sw).zip(src) {
+                *d += *s;
+            }
+        }
+    });
+}
+
+/// Unfolds one sample `[C_in, H, W]` into `col` `[C_in * kh * kw, OH * OW]`.
+fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32], parallel: bool) {
+    let rows = g.taps() * g.out_plane();
+    let planes = x.chunks(g.in_plane());
+    if parallel {
+        col.par_chunks_mut(rows)
+            .zip(x.par_chunks(g.in_plane()))
+            .for_each(|(rows, plane)| im2col_plane(g, plane, rows));
+    } else {
+        for (rows, plane) in col.chunks_mut(rows).zip(planes) {
+            im2col_plane(g, plane, rows);
+        }
+    }
+}
+
+/// Folds `dcol` `[C_in * kh * kw, OH * OW]` back onto one sample's input gradient.
+fn col2im(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32], parallel: bool) {
+    let rows = g.taps() * g.out_plane();
+    if parallel {
+        dx.par_chunks_mut(g.in_plane())
+            .zip(dcol.par_chunks(rows))
+            .for_each(|(plane, rows)| col2im_plane(g, rows, plane));
+    } else {
+        for (plane, rows) in dx.chunks_mut(g.in_plane()).zip(dcol.chunks(rows)) {
+            col2im_plane(g, rows, plane);
+        }
+    }
+}
+
+/// Runs `f(sample index, scratch)` for every sample, across threads or one after the other
+/// (`f` is then told to parallelise internally).
+fn for_samples(g: &ConvGeometry, scratch: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
+    if g.per_sample_threads() {
+        (0..g.batch)
+            .into_par_iter()
+            .for_each(|b| with_scratch(scratch, |col| f(b, col, false)));
+    } else {
+        with_scratch(scratch, |col| {
+            for b in 0..g.batch {
+                f(b, col, true);
+            }
+        });
+    }
+}
+
+/// A shared pointer to disjoint per-sample chunks of one output buffer.
+#[derive(Clone, Copy)]
+struct Chunks {
+    ptr: *mut f32,
+    len: usize,
+    chunk: usize,
+}
+
+// SAFETY: tasks only reach the buffer through `Chunks::get` with distinct sample indices.
+unsafe impl Send for Chunks {}
+unsafe impl Sync for Chunks {}
+
+impl Chunks {
+    fn new(buf: &mut [f32], chunk: usize) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            chunk,
+        }
+    }
+
+    /// Chunk `i`.
+    ///
+    /// # Safety
+    /// No two live references may be taken for the same `i`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get(&self, i: usize) -> &mut [f32] {
+        assert!((i + 1) * self.chunk <= self.len, "chunk out of bounds");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(i * self.chunk), self.chunk) }
+    }
+}
+
+/// Forward convolution: `x` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, kh, kw]`,
+/// optional `bias` `[C_out]`; returns `[N, C_out, OH, OW]`.
+pub(super) fn conv2d_forward(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (n_out, kg) = (g.out_plane(), g.k_group());
+    let (cog, x_len) = (g.c_out / g.groups, g.c_in * g.in_plane());
+    let y_len = g.c_out * n_out;
+    let mut y = vec![0.0f32; g.batch * y_len];
+    let chunks = Chunks::new(&mut y, y_len);
+    let pointwise = g.is_pointwise();
+    let scratch = if pointwise { 0 } else { g.groups * kg * n_out };
+    for_samples(g, scratch, |b, col, parallel| {
+        let xb = &x[b * x_len..(b + 1) * x_len];
+        // SAFETY: each sample index is visited once.
+        let yb = unsafe { chunks.get(b) };
+        let col: &[f32] = if pointwise {
+            xb
+        } else {
+            im2col(g, xb, col, parallel);
+            col
+        };
+        for grp in 0..g.groups {
+            matmul(
+                &mut yb[grp * cog * n_out..(grp + 1) * cog * n_out],
+                (cog, n_out, kg),
+                View::row_major(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                View::row_major(&col[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
+                false,
+                parallel,
+            );
+        }
+        if let Some(bias) = bias {
+            for (plane, &v) in yb.chunks_mut(n_out).zip(bias) {
+                plane.iter_mut().for_each(|y| *y += v);
+            }
+        }
+    });
+    y
+}
+
+/// Backward convolution: gradients of the input `[N, C_in, H, W]` and of the weight
+/// `[C_out, C_in / groups, kh, kw]` given the output gradient `dy` `[N, C_out, OH, OW]`.
+pub(super) fn conv2d_backward(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (n_out, kg) = (g.out_plane(), g.k_group());
+    let (cog, x_len, y_len) = (g.c_out / g.groups, g.c_in * g.in_plane(), g.c_out * n_out);
+    let w_len = g.c_out * kg;
+    let mut dx = vec![0.0f32; g.batch * x_len];
+    let dx_chunks = Chunks::new(&mut dx, x_len);
+    let pointwise = g.is_pointwise();
+    let col_len = g.groups * kg * n_out;
+    // Scratch: the unfolded input, then (reusing it) the unfolded input gradient.
+    let scratch = if pointwise { 0 } else { col_len };
+    let per_sample = g.per_sample_threads();
+    // Weight gradients: one partial sum per sample when samples run in parallel.
+    let partials = if per_sample { g.batch } else { 1 };
+    let mut dw = vec![0.0f32; partials * w_len];
+    let dw_chunks = Chunks::new(&mut dw, w_len);
+    for_samples(g, scratch, |b, col, parallel| {
+        let xb = &x[b * x_len..(b + 1) * x_len];
+        let dyb = &dy[b * y_len..(b + 1) * y_len];
+        // SAFETY: each sample index is visited once; with one shared partial the samples run
+        // one after the other, so at most one reference to it is live.
+        let dxb = unsafe { dx_chunks.get(b) };
+        let (dwb, accumulate) = if per_sample {
+            (unsafe { dw_chunks.get(b) }, false)
+        } else {
+            (unsafe { dw_chunks.get(0) }, b > 0)
+        };
+        let cols: &[f32] = if pointwise {
+            xb
+        } else {
+            im2col(g, xb, col, parallel);
+            col
+        };
+        for grp in 0..g.groups {
+            // dW_g [cog, kg] (+)= dY_g [cog, n] x col_g^T [n, kg]
+            matmul(
+                &mut dwb[grp * cog * kg..(grp + 1) * cog * kg],
+                (cog, kg, n_out),
+                View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
+                View::transposed(&cols[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
+                accumulate,
+                parallel,
+            );
+        }
+        // dcol_g [kg, n] = W_g^T [kg, cog] x dY_g [cog, n]; straight into dx when pointwise.
+        let unfolded_grad = |dcol: &mut [f32]| {
+            for grp in 0..g.groups {
+                matmul(
+                    &mut dcol[grp * kg * n_out..(grp + 1) * kg * n_out],
+                    (kg, n_out, cog),
+                    View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                    View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
+                    false,
+                    parallel,
+                );
+            }
+        };
+        if pointwise {
+            unfolded_grad(dxb);
+        } else {
+            unfolded_grad(col);
+            col2im(g, col, dxb, parallel);
+        }
+    });
+    if partials > 1 {
+        let (first, rest) = dw.split_at_mut(w_len);
+        for part in rest.chunks(w_len) {
+            first.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
+        }
+        dw.truncate(w_len);
+    }
+    (dx, dw)
+}
