@@ -12,6 +12,7 @@
 //! Work is split across samples when there are at least as many samples as threads (one
 //! scratch `col` per thread, reused between calls), and inside each product otherwise.
 
+use core::ops::Range;
 use std::cell::RefCell;
 
 use gemm::Parallelism;
@@ -57,10 +58,15 @@ impl ConvGeometry {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
     }
 
-    /// Split the batch across threads (else parallelise inside each sample).
-    fn per_sample_threads(&self) -> bool {
+    /// Number of tasks the batch is split into: one per thread when there are at least as
+    /// many samples as threads, else 1 (and the work inside each sample is parallelised).
+    fn tasks(&self) -> usize {
         let threads = rayon::current_num_threads();
-        threads > 1 && self.batch >= threads
+        if threads > 1 && self.batch >= threads {
+            threads
+        } else {
+            1
+        }
     }
 }
 
@@ -300,20 +306,23 @@ fn col2im(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32], parallel: bool) {
     }
 }
 
-/// Runs `f(sample index, scratch)` for every sample, across threads or one after the other
-/// (`f` is then told to parallelise internally).
-fn for_samples(g: &ConvGeometry, scratch: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
-    if g.per_sample_threads() {
-        (0..g.batch)
-            .into_par_iter()
-            .for_each(|b| with_scratch(scratch, |col| f(b, col, false)));
-    } else {
-        with_scratch(scratch, |col| {
-            for b in 0..g.batch {
-                f(b, col, true);
-            }
-        });
+/// Splits the batch into [`ConvGeometry::tasks`] contiguous runs of samples and calls
+/// `f(task, samples, scratch, parallel)` for each, the runs in parallel (each with its own
+/// scratch and `parallel = false`) or, for one task, with `parallel = true`.
+fn for_sample_runs(
+    g: &ConvGeometry,
+    scratch: usize,
+    f: impl Fn(usize, Range<usize>, &mut [f32], bool) + Sync,
+) {
+    let tasks = g.tasks();
+    if tasks == 1 {
+        with_scratch(scratch, |col| f(0, 0..g.batch, col, true));
+        return;
     }
+    (0..tasks).into_par_iter().for_each(|t| {
+        let samples = t * g.batch / tasks..(t + 1) * g.batch / tasks;
+        with_scratch(scratch, |col| f(t, samples, col, false));
+    });
 }
 
 /// A shared pointer to disjoint per-sample chunks of one output buffer.
@@ -361,32 +370,34 @@ pub(super) fn conv2d_forward(
     let (cog, x_len) = (g.c_out / g.groups, g.c_in * g.in_plane());
     let y_len = g.c_out * n_out;
     let mut y = vec![0.0f32; g.batch * y_len];
-    let chunks = Chunks::new(&mut y, y_len);
+    let y_chunks = Chunks::new(&mut y, y_len);
     let pointwise = g.is_pointwise();
     let scratch = if pointwise { 0 } else { g.groups * kg * n_out };
-    for_samples(g, scratch, |b, col, parallel| {
-        let xb = &x[b * x_len..(b + 1) * x_len];
-        // SAFETY: each sample index is visited once.
-        let yb = unsafe { chunks.get(b) };
-        let col: &[f32] = if pointwise {
-            xb
-        } else {
-            im2col(g, xb, col, parallel);
-            col
-        };
-        for grp in 0..g.groups {
-            matmul(
-                &mut yb[grp * cog * n_out..(grp + 1) * cog * n_out],
-                (cog, n_out, kg),
-                View::row_major(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
-                View::row_major(&col[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
-                false,
-                parallel,
-            );
-        }
-        if let Some(bias) = bias {
-            for (plane, &v) in yb.chunks_mut(n_out).zip(bias) {
-                plane.iter_mut().for_each(|y| *y += v);
+    for_sample_runs(g, scratch, |_, samples, col, parallel| {
+        for b in samples {
+            let xb = &x[b * x_len..(b + 1) * x_len];
+            // SAFETY: every sample belongs to one run and is visited once.
+            let yb = unsafe { y_chunks.get(b) };
+            let col: &[f32] = if pointwise {
+                xb
+            } else {
+                im2col(g, xb, col, parallel);
+                col
+            };
+            for grp in 0..g.groups {
+                matmul(
+                    &mut yb[grp * cog * n_out..(grp + 1) * cog * n_out],
+                    (cog, n_out, kg),
+                    View::row_major(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                    View::row_major(&col[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
+                    false,
+                    parallel,
+                );
+            }
+            if let Some(bias) = bias {
+                for (plane, &v) in yb.chunks_mut(n_out).zip(bias) {
+                    plane.iter_mut().for_each(|y| *y += v);
+                }
             }
         }
     });
@@ -407,68 +418,64 @@ pub(super) fn conv2d_backward(
     let mut dx = vec![0.0f32; g.batch * x_len];
     let dx_chunks = Chunks::new(&mut dx, x_len);
     let pointwise = g.is_pointwise();
-    let col_len = g.groups * kg * n_out;
     // Scratch: the unfolded input, then (reusing it) the unfolded input gradient.
-    let scratch = if pointwise { 0 } else { col_len };
-    let per_sample = g.per_sample_threads();
-    // Weight gradients: one partial sum per sample when samples run in parallel.
-    let partials = if per_sample { g.batch } else { 1 };
-    let mut dw = vec![0.0f32; partials * w_len];
+    let scratch = if pointwise { 0 } else { g.groups * kg * n_out };
+    // Weight gradient: one partial sum per run of samples, added up at the end.
+    let tasks = g.tasks();
+    let mut dw = vec![0.0f32; tasks * w_len];
     let dw_chunks = Chunks::new(&mut dw, w_len);
-    for_samples(g, scratch, |b, col, parallel| {
-        let xb = &x[b * x_len..(b + 1) * x_len];
-        let dyb = &dy[b * y_len..(b + 1) * y_len];
-        // SAFETY: each sample index is visited once; with one shared partial the samples run
-        // one after the other, so at most one reference to it is live.
-        let dxb = unsafe { dx_chunks.get(b) };
-        let (dwb, accumulate) = if per_sample {
-            (unsafe { dw_chunks.get(b) }, false)
-        } else {
-            (unsafe { dw_chunks.get(0) }, b > 0)
-        };
-        let cols: &[f32] = if pointwise {
-            xb
-        } else {
-            im2col(g, xb, col, parallel);
-            col
-        };
-        for grp in 0..g.groups {
-            // dW_g [cog, kg] (+)= dY_g [cog, n] x col_g^T [n, kg]
-            matmul(
-                &mut dwb[grp * cog * kg..(grp + 1) * cog * kg],
-                (cog, kg, n_out),
-                View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
-                View::transposed(&cols[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
-                accumulate,
-                parallel,
-            );
-        }
-        // dcol_g [kg, n] = W_g^T [kg, cog] x dY_g [cog, n]; straight into dx when pointwise.
-        let unfolded_grad = |dcol: &mut [f32]| {
+    for_sample_runs(g, scratch, |task, samples, col, parallel| {
+        // SAFETY: one partial per run.
+        let dwt = unsafe { dw_chunks.get(task) };
+        let first = samples.start;
+        for b in samples {
+            let xb = &x[b * x_len..(b + 1) * x_len];
+            let dyb = &dy[b * y_len..(b + 1) * y_len];
+            // SAFETY: every sample belongs to one run and is visited once.
+            let dxb = unsafe { dx_chunks.get(b) };
+            let cols: &[f32] = if pointwise {
+                xb
+            } else {
+                im2col(g, xb, col, parallel);
+                col
+            };
             for grp in 0..g.groups {
+                // dW_g [cog, kg] (+)= dY_g [cog, n] x col_g^T [n, kg]
                 matmul(
-                    &mut dcol[grp * kg * n_out..(grp + 1) * kg * n_out],
-                    (kg, n_out, cog),
-                    View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                    &mut dwt[grp * cog * kg..(grp + 1) * cog * kg],
+                    (cog, kg, n_out),
                     View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
-                    false,
+                    View::transposed(&cols[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
+                    b > first,
                     parallel,
                 );
             }
-        };
-        if pointwise {
-            unfolded_grad(dxb);
-        } else {
-            unfolded_grad(col);
-            col2im(g, col, dxb, parallel);
+            // dcol_g [kg, n] = W_g^T [kg, cog] x dY_g [cog, n]; straight into dx when
+            // pointwise.
+            let unfolded_grad = |dcol: &mut [f32]| {
+                for grp in 0..g.groups {
+                    matmul(
+                        &mut dcol[grp * kg * n_out..(grp + 1) * kg * n_out],
+                        (kg, n_out, cog),
+                        View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                        View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
+                        false,
+                        parallel,
+                    );
+                }
+            };
+            if pointwise {
+                unfolded_grad(dxb);
+            } else {
+                unfolded_grad(col);
+                col2im(g, col, dxb, parallel);
+            }
         }
     });
-    if partials > 1 {
-        let (first, rest) = dw.split_at_mut(w_len);
-        for part in rest.chunks(w_len) {
-            first.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
-        }
-        dw.truncate(w_len);
+    let (total, rest) = dw.split_at_mut(w_len);
+    for part in rest.chunks(w_len) {
+        total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
     }
+    dw.truncate(w_len);
     (dx, dw)
 }
