@@ -358,6 +358,28 @@ impl Chunks {
     }
 }
 
+/// Calls `f(group, dst_group, parallel)` for the `chunk`-sized per-group parts of `dst`:
+/// with `parallel`, grouped convolutions spread the groups across threads (each product on
+/// one thread) and ungrouped ones parallelise the product itself.
+fn for_groups(
+    dst: &mut [f32],
+    chunk: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [f32], bool) + Sync,
+) {
+    let whole = chunk * (dst.len() / chunk.max(1));
+    let dst = &mut dst[..whole];
+    if parallel && dst.len() > chunk && chunk > 0 {
+        dst.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(grp, d)| f(grp, d, false));
+    } else {
+        for (grp, d) in dst.chunks_mut(chunk.max(1)).enumerate() {
+            f(grp, d, parallel);
+        }
+    }
+}
+
 /// Forward convolution: `x` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, kh, kw]`,
 /// optional `bias` `[C_out]`; returns `[N, C_out, OH, OW]`.
 pub(super) fn conv2d_forward(
@@ -384,16 +406,16 @@ pub(super) fn conv2d_forward(
                 im2col(g, xb, col, parallel);
                 col
             };
-            for grp in 0..g.groups {
+            for_groups(yb, cog * n_out, parallel, |grp, y, parallel| {
                 matmul(
-                    &mut yb[grp * cog * n_out..(grp + 1) * cog * n_out],
+                    y,
                     (cog, n_out, kg),
                     View::row_major(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
                     View::row_major(&col[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
                     false,
                     parallel,
                 );
-            }
+            });
             if let Some(bias) = bias {
                 for (plane, &v) in yb.chunks_mut(n_out).zip(bias) {
                     plane.iter_mut().for_each(|y| *y += v);
@@ -439,30 +461,30 @@ pub(super) fn conv2d_backward(
                 im2col(g, xb, col, parallel);
                 col
             };
-            for grp in 0..g.groups {
-                // dW_g [cog, kg] (+)= dY_g [cog, n] x col_g^T [n, kg]
+            // dW_g [cog, kg] (+)= dY_g [cog, n] x col_g^T [n, kg]
+            for_groups(dwt, cog * kg, parallel, |grp, dw, parallel| {
                 matmul(
-                    &mut dwt[grp * cog * kg..(grp + 1) * cog * kg],
+                    dw,
                     (cog, kg, n_out),
                     View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
                     View::transposed(&cols[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
                     b > first,
                     parallel,
                 );
-            }
+            });
             // dcol_g [kg, n] = W_g^T [kg, cog] x dY_g [cog, n]; straight into dx when
             // pointwise.
             let unfolded_grad = |dcol: &mut [f32]| {
-                for grp in 0..g.groups {
+                for_groups(dcol, kg * n_out, parallel, |grp, dcol, parallel| {
                     matmul(
-                        &mut dcol[grp * kg * n_out..(grp + 1) * kg * n_out],
+                        dcol,
                         (kg, n_out, cog),
                         View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
                         View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
                         false,
                         parallel,
                     );
-                }
+                });
             };
             if pointwise {
                 unfolded_grad(dxb);
