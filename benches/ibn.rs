@@ -9,9 +9,11 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor, module};
 use ibn_net::block::{BasicBlockConfig, BottleneckConfig, DenseLayerConfig, IbnMode};
 use ibn_net::device::device_from_name;
+use ibn_net::kernel;
 use ibn_net::model::{Backbone, create_model};
 use ibn_net::norm::{BatchNorm2dConfig, IbnConfig, InstanceNorm2dConfig};
 
@@ -117,6 +119,30 @@ fn main() {
         });
     }
 
+    // Convolutions of ResNet-50: burn's `conv2d` vs this crate's (`ibn_net::kernel::conv2d`,
+    // its own kernels on flex and ndarray; the same call as burn's elsewhere).
+    let convs = [
+        ("conv 7x7/2 stem", [3, 224], 64, 7, 2),
+        ("conv 3x3", [64, 56], 64, 3, 1),
+        ("conv 3x3", [128, 28], 128, 3, 1),
+        ("conv 3x3", [256, 14], 256, 3, 1),
+        ("conv 3x3", [512, 7], 512, 3, 1),
+        ("conv 1x1", [64, 56], 256, 1, 1),
+        ("conv 1x1/2 downsample", [256, 56], 512, 1, 2),
+    ];
+    for (label, [c_in, size], c_out, k, stride) in convs {
+        let shape = [batch, c_in, size, size];
+        let x = input(shape, &device);
+        let w = input([c_out, c_in, k, k], &device);
+        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], 1);
+        bench(&format!("{label}, burn"), shape, iters, &x, |x| {
+            module::conv2d(x, w.clone(), None, options.clone())
+        });
+        bench(&format!("{label}, ibn-net"), shape, iters, &x, |x| {
+            kernel::conv2d(x, w.clone(), None, options.clone())
+        });
+    }
+
     // Training steps of the norm layers (forward + backward on an autodiff device).
     #[cfg(feature = "autodiff")]
     {
@@ -157,6 +183,19 @@ fn main() {
                 &x,
                 |x| step(x, |x| ibn.forward(x)),
             );
+        }
+        // Convolution training steps (input and weight gradients).
+        for (channels, size) in [(64, 56), (256, 14)] {
+            let shape = [batch, channels, size, size];
+            let x = input(shape, &train);
+            let w = input([channels, channels, 3, 3], &train).require_grad();
+            let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            bench("conv 3x3 train step, burn", shape, iters, &x, |x| {
+                step(x, |x| module::conv2d(x, w.clone(), None, options.clone()))
+            });
+            bench("conv 3x3 train step, ibn-net", shape, iters, &x, |x| {
+                step(x, |x| kernel::conv2d(x, w.clone(), None, options.clone()))
+            });
         }
     }
 
