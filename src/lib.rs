@@ -17,7 +17,8 @@
 //! - loading of the released PyTorch checkpoints with outputs equal to PyTorch's
 //!   ([`weights`]);
 //! - one code base for every burn device: flex, ndarray, wgpu, and autodiff for training,
-//!   with fused normalisation kernels and hand-written backward passes ([`kernel`]).
+//!   with fused normalisation kernels, CPU convolution kernels and hand-written backward
+//!   passes ([`kernel`]).
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};

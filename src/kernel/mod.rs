@@ -1,5 +1,7 @@
 //! Fused normalisation kernels: the whole IBN layer, instance norm and the batch-norm
-//! transform as one pass over the activations, with hand-written backward passes.
+//! transform as one pass over the activations, with hand-written backward passes; and the
+//! convolution every model uses, [`conv2d`] (this crate's im2col + matrix-product kernels on
+//! flex and ndarray, burn's convolution elsewhere).
 //!
 //! Two primitives cover every normalisation of the crate:
 //!
