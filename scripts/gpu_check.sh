@@ -9,9 +9,10 @@
 # (same architecture, a glibc no newer than the GPU machine's), copy DIR over, run there.
 # The packed test binaries read their fixtures from the checkout this script runs in.
 #
-# 1. runs the kernel, backend and PyTorch-parity tests; every backend compiled in (flex,
-#    ndarray, wgpu on the machine's GPU adapter) is held to the composed path and to the
-#    PyTorch fixtures, and the backend test compares wgpu with the CPU;
+# 1. runs the kernel, convolution, backend and PyTorch-parity tests; every backend compiled
+#    in (flex, ndarray, wgpu on the machine's GPU adapter) is held to the composed path, to a
+#    float64 convolution and to the PyTorch fixtures, and the backend test compares wgpu with
+#    the CPU;
 # 2. times resnet50_ibn_a/b at batch 32 (and the training step at batch 8) on wgpu and,
 #    when PyTorch with CUDA is installed, PyTorch CUDA eager in the same run
 #    (`scripts/compare.py`), writing the Markdown tables to OUT_DIR/gpu.md (PyTorch's
@@ -23,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ibn-target}"
 features="${IBN_FEATURES:-ndarray wgpu autodiff}" # cargo features of the build (e.g. "vulkan autodiff")
-tests=(fused backends parity)
+tests=(fused backends parity conv)
 
 # Paths of the binaries this script runs, as `kind name path` lines from cargo's JSON.
 built_binaries() {
@@ -45,7 +46,7 @@ if [[ "${1:-}" == "--pack" ]]; then
     mkdir -p "$dir"
     while read -r kind name path; do
         case "$kind:$name" in
-        test:fused | test:backends | test:parity) cp "$path" "$dir/$name" ;;
+        test:fused | test:backends | test:parity | test:conv) cp "$path" "$dir/$name" ;;
         example:bench) cp "$path" "$dir/bench" ;;
         bench:ibn) cp "$path" "$dir/layer_bench" ;;
         esac
