@@ -1,7 +1,8 @@
 //! `ibn_net::kernel::conv2d` (the crate's im2col + matrix-product kernels on flex and ndarray,
 //! burn's convolution elsewhere) against a float64 direct convolution computed here: output
 //! and the gradients of input, weight and bias, over strides, asymmetric padding, dilation,
-//! groups, 1x1 to 7x7 kernels and a non-contiguous input. The CPU cases run in 1- and
+//! groups, 1x1 to 7x7 kernels, a non-contiguous input and an input large enough to be unfolded
+//! in blocks of output rows. The CPU cases run in 1- and
 //! 2-thread pools, so both batch paths (the batch split into runs of samples across threads,
 //! including a run of two; one sample at a time, parallel inside) are taken on any machine.
 //! Tolerance: 1e-5 of the reference's largest magnitude.
@@ -97,6 +98,15 @@ fn cases() -> Vec<Case> {
         stride: [1, 3],
         dilation: [1, 2],
         ..Case::new(2, 4, 5, 11, 3)
+    });
+    // A large input, unfolded a block of output rows at a time (16 x 9 x 290 values per output
+    // row: 100 rows per block, then 50), grouped, strided along the height.
+    cases.push(Case {
+        size: [300, 290],
+        stride: [2, 1],
+        groups: 2,
+        bias: true,
+        ..Case::new(2, 16, 4, 300, 3)
     });
     // Padding wider than the kernel reach: rows and columns made only of padding.
     cases.push(Case {

@@ -9,8 +9,10 @@
 //! backward pass is two products per sample: `dW_g += dY_g x col_g^T` and
 //! `dcol_g = W_g^T x dY_g`, then `dcol` is folded back onto the input planes (col2im).
 //!
-//! Work is split across samples when there are at least as many samples as threads (one
-//! scratch `col` per thread, reused between calls), and inside each product otherwise.
+//! Large inputs are unfolded a block of output rows at a time, so `col` stays within
+//! `COL_BUDGET` values whatever the image size. Work is split across samples when there are at
+//! least as many samples as threads (one scratch `col` per thread, reused between calls), and
+//! inside each product otherwise.
 
 use core::ops::Range;
 use std::cell::RefCell;
@@ -53,6 +55,26 @@ impl ConvGeometry {
         self.out[0] * self.out[1]
     }
 
+    /// The blocks of output rows unfolded at a time: as many rows as keep `col` within
+    /// [`COL_BUDGET`] values (at least one); one block when `col` is the input itself.
+    fn row_blocks(&self) -> impl Iterator<Item = Range<usize>> + use<> {
+        let oh = self.out[0];
+        let per_row = self.c_in * self.taps() * self.out[1];
+        let block = if self.is_pointwise() {
+            oh
+        } else {
+            (COL_BUDGET / per_row.max(1)).clamp(1, oh.max(1))
+        };
+        (0..oh)
+            .step_by(block.max(1))
+            .map(move |r| r..(r + block).min(oh))
+    }
+
+    /// Values of `col` for a block of `rows` output rows.
+    fn col_len(&self, rows: usize) -> usize {
+        self.c_in * self.taps() * rows * self.out[1]
+    }
+
     /// `col` is the input itself: 1x1 kernel, unit stride, no padding.
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
@@ -69,6 +91,9 @@ impl ConvGeometry {
         }
     }
 }
+
+/// Most values of `col` unfolded at once (16 MiB): larger inputs go a block of rows at a time.
+const COL_BUDGET: usize = 4 << 20;
 
 /// Largest scratch buffer kept between calls (values; 32 MiB): larger ones are freed.
 const SCRATCH_KEEP: usize = 8 << 20;
@@ -129,16 +154,22 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst [m, n]` (row-major) `= lhs [m, k] x rhs [k, n]`, or `+=` with `accumulate`.
+/// `dst [m, n] = lhs [m, k] x rhs [k, n]`, or `+=` with `accumulate`; `dst` is row-major
+/// with rows `dst_rs` apart.
+#[allow(clippy::too_many_arguments)]
 fn matmul(
     dst: &mut [f32],
+    dst_rs: usize,
     (m, n, k): (usize, usize, usize),
     lhs: View,
     rhs: View,
     accumulate: bool,
     parallel: bool,
 ) {
-    assert!(dst.len() >= m * n, "matrix product output out of bounds");
+    assert!(
+        m == 0 || n == 0 || (n <= dst_rs && (m - 1) * dst_rs + n <= dst.len()),
+        "matrix product output out of bounds"
+    );
     lhs.check(m, k);
     rhs.check(k, n);
     if m == 0 || n == 0 {
@@ -146,7 +177,9 @@ fn matmul(
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            dst.chunks_mut(dst_rs)
+                .take(m)
+                .for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
@@ -165,7 +198,7 @@ fn matmul(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -200,13 +233,15 @@ fn valid_range(size: usize, out: usize, stride: usize, offset: isize) -> (usize,
     (lo.min(hi), hi)
 }
 
-/// Visits every row segment of the unfolded matrix of one input plane: for kernel tap
-/// `t = (i, j)` and output row `oy`, calls `f(t, oy, x_row, ox_range)` where `x_row` is the
-/// input row read by that tap (`None` in the padding) and `ox_range` the output columns
-/// whose input column is inside the plane.
+/// Visits every row segment of the unfolded matrix of one input plane for the output rows
+/// `rows`: for kernel tap `t = (i, j)` and output row `oy`, calls
+/// `f(t, oy - rows.start, x_row, ox_range, x_offset)` where `x_row` is the input row read by
+/// that tap (`None` in the padding), `ox_range` the output columns whose input column is inside
+/// the plane and `x_offset` the input column of output column 0 (`ox * stride + x_offset`).
 #[inline]
 fn for_each_segment(
     g: &ConvGeometry,
+    rows: Range<usize>,
     mut f: impl FnMut(usize, usize, Option<usize>, (usize, usize), isize),
 ) {
     let [kh, kw] = g.kernel;
@@ -220,19 +255,21 @@ fn for_each_segment(
             let off_x = (j * dw) as isize - pw as isize;
             let xs = valid_range(g.w, g.out[1], sw, off_x);
             let t = i * kw + j;
-            for oy in 0..g.out[0] {
+            for oy in rows.clone() {
                 let iy = (oy >= y_lo && oy < y_hi).then(|| (oy * sh) as isize + off_y);
-                f(t, oy, iy.map(|iy| iy as usize), xs, off_x);
+                f(t, oy - rows.start, iy.map(|iy| iy as usize), xs, off_x);
             }
         }
     }
 }
 
-/// Unfolds one input plane `[H, W]` into its `kh * kw` rows of `col` (`[kh * kw, OH * OW]`).
-fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32]) {
-    let (ow, n) = (g.out[1], g.out_plane());
+/// Unfolds one input plane `[H, W]` into its `kh * kw` rows of `col`
+/// (`[kh * kw, out_rows.len() * OW]`) for the output rows `out_rows`.
+fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32], out_rows: Range<usize>) {
+    let ow = g.out[1];
+    let n = out_rows.len() * ow;
     let sw = g.stride[1];
-    for_each_segment(g, |t, oy, iy, (lo, hi), off_x| {
+    for_each_segment(g, out_rows, |t, oy, iy, (lo, hi), off_x| {
         let dst = &mut rows[t * n + oy * ow..t * n + (oy + 1) * ow];
         let Some(iy) = iy.filter(|_| lo < hi) else {
             dst.fill(0.0);
@@ -253,12 +290,13 @@ fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32]) {
     });
 }
 
-/// Adds the `kh * kw` rows of `dcol` belonging to one input plane back onto `plane`.
-fn col2im_plane(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
-    let (ow, n) = (g.out[1], g.out_plane());
+/// Adds the `kh * kw` rows of `dcol` belonging to one input plane (for the output rows
+/// `out_rows`) onto `plane`.
+fn col2im_plane(g: &ConvGeometry, rows: &[f32], plane: &mut [f32], out_rows: Range<usize>) {
+    let ow = g.out[1];
+    let n = out_rows.len() * ow;
     let sw = g.stride[1];
-    plane.fill(0.0);
-    for_each_segment(g, |t, oy, iy, (lo, hi), off_x| {
+    for_each_segment(g, out_rows, |t, oy, iy, (lo, hi), off_x| {
         let Some(iy) = iy.filter(|_| lo < hi) else {
             return;
         };
@@ -277,32 +315,36 @@ fn col2im_plane(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
     });
 }
 
-/// Unfolds one sample `[C_in, H, W]` into `col` `[C_in * kh * kw, OH * OW]`.
-fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32], parallel: bool) {
-    let rows = g.taps() * g.out_plane();
-    let planes = x.chunks(g.in_plane());
+/// Unfolds one sample `[C_in, H, W]` into `col` `[C_in * kh * kw, out_rows.len() * OW]` for
+/// the output rows `out_rows`.
+fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32], out_rows: Range<usize>, parallel: bool) {
+    let rows = g.taps() * out_rows.len() * g.out[1];
+    let unfold =
+        |(rows, plane): (&mut [f32], &[f32])| im2col_plane(g, plane, rows, out_rows.clone());
     if parallel {
         col.par_chunks_mut(rows)
             .zip(x.par_chunks(g.in_plane()))
-            .for_each(|(rows, plane)| im2col_plane(g, plane, rows));
+            .for_each(unfold);
     } else {
-        for (rows, plane) in col.chunks_mut(rows).zip(planes) {
-            im2col_plane(g, plane, rows);
-        }
+        col.chunks_mut(rows)
+            .zip(x.chunks(g.in_plane()))
+            .for_each(unfold);
     }
 }
 
-/// Folds `dcol` `[C_in * kh * kw, OH * OW]` back onto one sample's input gradient.
-fn col2im(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32], parallel: bool) {
-    let rows = g.taps() * g.out_plane();
+/// Adds `dcol` `[C_in * kh * kw, out_rows.len() * OW]` (the output rows `out_rows`) onto one
+/// sample's input gradient.
+fn col2im(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32], out_rows: Range<usize>, parallel: bool) {
+    let rows = g.taps() * out_rows.len() * g.out[1];
+    let fold = |(plane, rows): (&mut [f32], &[f32])| col2im_plane(g, rows, plane, out_rows.clone());
     if parallel {
         dx.par_chunks_mut(g.in_plane())
             .zip(dcol.par_chunks(rows))
-            .for_each(|(plane, rows)| col2im_plane(g, rows, plane));
+            .for_each(fold);
     } else {
-        for (plane, rows) in dx.chunks_mut(g.in_plane()).zip(dcol.chunks(rows)) {
-            col2im_plane(g, rows, plane);
-        }
+        dx.chunks_mut(g.in_plane())
+            .zip(dcol.chunks(rows))
+            .for_each(fold);
     }
 }
 
@@ -388,34 +430,40 @@ pub(super) fn conv2d_forward(
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let (n_out, kg) = (g.out_plane(), g.k_group());
+    let (n_out, kg, ow) = (g.out_plane(), g.k_group(), g.out[1]);
     let (cog, x_len) = (g.c_out / g.groups, g.c_in * g.in_plane());
     let y_len = g.c_out * n_out;
     let mut y = vec![0.0f32; g.batch * y_len];
     let y_chunks = Chunks::new(&mut y, y_len);
     let pointwise = g.is_pointwise();
-    let scratch = if pointwise { 0 } else { g.groups * kg * n_out };
+    let block_rows = g.row_blocks().map(|r| r.len()).max().unwrap_or(0);
+    let scratch = if pointwise { 0 } else { g.col_len(block_rows) };
     for_sample_runs(g, scratch, |_, samples, col, parallel| {
         for b in samples {
             let xb = &x[b * x_len..(b + 1) * x_len];
             // SAFETY: every sample belongs to one run and is visited once.
             let yb = unsafe { y_chunks.get(b) };
-            let col: &[f32] = if pointwise {
-                xb
-            } else {
-                im2col(g, xb, col, parallel);
-                col
-            };
-            for_groups(yb, cog * n_out, parallel, |grp, y, parallel| {
-                matmul(
-                    y,
-                    (cog, n_out, kg),
-                    View::row_major(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
-                    View::row_major(&col[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
-                    false,
-                    parallel,
-                );
-            });
+            for rows in g.row_blocks() {
+                let (start, nb) = (rows.start * ow, rows.len() * ow);
+                let cols: &[f32] = if pointwise {
+                    xb
+                } else {
+                    im2col(g, xb, col, rows, parallel);
+                    col
+                };
+                // Y_g[:, block] = W_g [cog, kg] x col_g [kg, nb]
+                for_groups(yb, cog * n_out, parallel, |grp, y, parallel| {
+                    matmul(
+                        &mut y[start..],
+                        n_out,
+                        (cog, nb, kg),
+                        View::row_major(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                        View::row_major(&cols[grp * kg * nb..(grp + 1) * kg * nb], nb),
+                        false,
+                        parallel,
+                    );
+                });
+            }
             if let Some(bias) = bias {
                 for (plane, &v) in yb.chunks_mut(n_out).zip(bias) {
                     plane.iter_mut().for_each(|y| *y += v);
@@ -434,14 +482,16 @@ pub(super) fn conv2d_backward(
     weight: &[f32],
     dy: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
-    let (n_out, kg) = (g.out_plane(), g.k_group());
+    let (n_out, kg, ow) = (g.out_plane(), g.k_group(), g.out[1]);
     let (cog, x_len, y_len) = (g.c_out / g.groups, g.c_in * g.in_plane(), g.c_out * n_out);
     let w_len = g.c_out * kg;
+    // Zeroed: col2im adds every block's contribution.
     let mut dx = vec![0.0f32; g.batch * x_len];
     let dx_chunks = Chunks::new(&mut dx, x_len);
     let pointwise = g.is_pointwise();
     // Scratch: the unfolded input, then (reusing it) the unfolded input gradient.
-    let scratch = if pointwise { 0 } else { g.groups * kg * n_out };
+    let block_rows = g.row_blocks().map(|r| r.len()).max().unwrap_or(0);
+    let scratch = if pointwise { 0 } else { g.col_len(block_rows) };
     // Weight gradient: one partial sum per run of samples, added up at the end.
     let tasks = g.tasks();
     let mut dw = vec![0.0f32; tasks * w_len];
@@ -455,42 +505,50 @@ pub(super) fn conv2d_backward(
             let dyb = &dy[b * y_len..(b + 1) * y_len];
             // SAFETY: every sample belongs to one run and is visited once.
             let dxb = unsafe { dx_chunks.get(b) };
-            let cols: &[f32] = if pointwise {
-                xb
-            } else {
-                im2col(g, xb, col, parallel);
-                col
-            };
-            // dW_g [cog, kg] (+)= dY_g [cog, n] x col_g^T [n, kg]
-            for_groups(dwt, cog * kg, parallel, |grp, dw, parallel| {
-                matmul(
-                    dw,
-                    (cog, kg, n_out),
-                    View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
-                    View::transposed(&cols[grp * kg * n_out..(grp + 1) * kg * n_out], n_out),
-                    b > first,
-                    parallel,
-                );
-            });
-            // dcol_g [kg, n] = W_g^T [kg, cog] x dY_g [cog, n]; straight into dx when
-            // pointwise.
-            let unfolded_grad = |dcol: &mut [f32]| {
-                for_groups(dcol, kg * n_out, parallel, |grp, dcol, parallel| {
+            for rows in g.row_blocks() {
+                let (start, nb) = (rows.start * ow, rows.len() * ow);
+                let accumulate = b > first || start > 0;
+                // dY_g[:, block], [cog, nb] with rows n_out apart.
+                let dy_g = |grp: usize| View::row_major(&dyb[grp * cog * n_out + start..], n_out);
+                let cols: &[f32] = if pointwise {
+                    xb
+                } else {
+                    im2col(g, xb, col, rows.clone(), parallel);
+                    col
+                };
+                // dW_g [cog, kg] (+)= dY_g [cog, nb] x col_g^T [nb, kg]
+                for_groups(dwt, cog * kg, parallel, |grp, dw, parallel| {
                     matmul(
-                        dcol,
-                        (kg, n_out, cog),
-                        View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
-                        View::row_major(&dyb[grp * cog * n_out..(grp + 1) * cog * n_out], n_out),
-                        false,
+                        dw,
+                        kg,
+                        (cog, kg, nb),
+                        dy_g(grp),
+                        View::transposed(&cols[grp * kg * nb..(grp + 1) * kg * nb], nb),
+                        accumulate,
                         parallel,
                     );
                 });
-            };
-            if pointwise {
-                unfolded_grad(dxb);
-            } else {
-                unfolded_grad(col);
-                col2im(g, col, dxb, parallel);
+                // dcol_g [kg, nb] = W_g^T [kg, cog] x dY_g [cog, nb]; straight into dx when
+                // pointwise (one block), else folded back onto dx.
+                let unfolded_grad = |dcol: &mut [f32]| {
+                    for_groups(dcol, kg * nb, parallel, |grp, dcol, parallel| {
+                        matmul(
+                            dcol,
+                            nb,
+                            (kg, nb, cog),
+                            View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                            dy_g(grp),
+                            false,
+                            parallel,
+                        );
+                    });
+                };
+                if pointwise {
+                    unfolded_grad(dxb);
+                } else {
+                    unfolded_grad(&mut col[..g.col_len(rows.len())]);
+                    col2im(g, col, dxb, rows, parallel);
+                }
             }
         }
     });
