@@ -75,6 +75,15 @@ impl ConvGeometry {
         self.c_in * self.taps() * rows * self.out[1]
     }
 
+    /// Values of the scratch `col`: the largest block's, none when `col` is the input.
+    fn scratch_len(&self) -> usize {
+        if self.is_pointwise() {
+            return 0;
+        }
+        let rows = self.row_blocks().map(|r| r.len()).max().unwrap_or(0);
+        self.col_len(rows)
+    }
+
     /// `col` is the input itself: 1x1 kernel, unit stride, no padding.
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
@@ -332,6 +341,22 @@ fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32], out_rows: Range<usize>, 
     }
 }
 
+/// `col` for the output rows `out_rows` of one sample `x`: `x` itself when pointwise, else
+/// `x` unfolded into the scratch `col`.
+fn unfold<'a>(
+    g: &ConvGeometry,
+    x: &'a [f32],
+    col: &'a mut [f32],
+    out_rows: Range<usize>,
+    parallel: bool,
+) -> &'a [f32] {
+    if g.is_pointwise() {
+        return x;
+    }
+    im2col(g, x, col, out_rows, parallel);
+    col
+}
+
 /// Adds `dcol` `[C_in * kh * kw, out_rows.len() * OW]` (the output rows `out_rows`) onto one
 /// sample's input gradient.
 fn col2im(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32], out_rows: Range<usize>, parallel: bool) {
@@ -435,9 +460,7 @@ pub(super) fn conv2d_forward(
     let y_len = g.c_out * n_out;
     let mut y = vec![0.0f32; g.batch * y_len];
     let y_chunks = Chunks::new(&mut y, y_len);
-    let pointwise = g.is_pointwise();
-    let block_rows = g.row_blocks().map(|r| r.len()).max().unwrap_or(0);
-    let scratch = if pointwise { 0 } else { g.col_len(block_rows) };
+    let scratch = g.scratch_len();
     for_sample_runs(g, scratch, |_, samples, col, parallel| {
         for b in samples {
             let xb = &x[b * x_len..(b + 1) * x_len];
@@ -445,12 +468,7 @@ pub(super) fn conv2d_forward(
             let yb = unsafe { y_chunks.get(b) };
             for rows in g.row_blocks() {
                 let (start, nb) = (rows.start * ow, rows.len() * ow);
-                let cols: &[f32] = if pointwise {
-                    xb
-                } else {
-                    im2col(g, xb, col, rows, parallel);
-                    col
-                };
+                let cols = unfold(g, xb, col, rows, parallel);
                 // Y_g[:, block] = W_g [cog, kg] x col_g [kg, nb]
                 for_groups(yb, cog * n_out, parallel, |grp, y, parallel| {
                     matmul(
@@ -490,8 +508,7 @@ pub(super) fn conv2d_backward(
     let dx_chunks = Chunks::new(&mut dx, x_len);
     let pointwise = g.is_pointwise();
     // Scratch: the unfolded input, then (reusing it) the unfolded input gradient.
-    let block_rows = g.row_blocks().map(|r| r.len()).max().unwrap_or(0);
-    let scratch = if pointwise { 0 } else { g.col_len(block_rows) };
+    let scratch = g.scratch_len();
     // Weight gradient: one partial sum per run of samples, added up at the end.
     let tasks = g.tasks();
     let mut dw = vec![0.0f32; tasks * w_len];
@@ -510,12 +527,7 @@ pub(super) fn conv2d_backward(
                 let accumulate = b > first || start > 0;
                 // dY_g[:, block], [cog, nb] with rows n_out apart.
                 let dy_g = |grp: usize| View::row_major(&dyb[grp * cog * n_out + start..], n_out);
-                let cols: &[f32] = if pointwise {
-                    xb
-                } else {
-                    im2col(g, xb, col, rows.clone(), parallel);
-                    col
-                };
+                let cols = unfold(g, xb, col, rows.clone(), parallel);
                 // dW_g [cog, kg] (+)= dY_g [cog, nb] x col_g^T [nb, kg]
                 for_groups(dwt, cog * kg, parallel, |grp, dw, parallel| {
                     matmul(
