@@ -279,3 +279,22 @@ fn conv2d_names_a_channel_mismatch() {
     let w = Tensor::<4>::zeros([4, 2, 3, 3], &device);
     let _ = conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
 }
+
+#[test]
+#[should_panic(expected = "the bias has 3 values for 4 output channels")]
+fn conv2d_names_a_bias_mismatch() {
+    let device = Device::default();
+    let x = Tensor::<4>::zeros([1, 2, 8, 8], &device);
+    let w = Tensor::<4>::zeros([4, 2, 3, 3], &device);
+    let b = Tensor::<1>::zeros([3], &device);
+    let _ = conv2d(x, w, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+}
+
+#[test]
+#[should_panic(expected = "does not fit the padded input size 4")]
+fn conv2d_names_a_kernel_larger_than_the_input() {
+    let device = Device::default();
+    let x = Tensor::<4>::zeros([1, 2, 2, 2], &device);
+    let w = Tensor::<4>::zeros([4, 2, 5, 5], &device);
+    let _ = conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+}

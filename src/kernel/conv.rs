@@ -24,19 +24,55 @@ use burn::tensor::ops::ConvOptions;
 ///   / stride + 1` (same for `OW`)
 ///
 /// # Panics
-/// As burn's `conv2d`: when the channels of `x` and `weight` or the groups disagree, or the
-/// kernel does not fit the padded input.
+/// On every device, with a message that names the sizes: when the channels of `x` and
+/// `weight` or the groups disagree, `bias` does not have `C_out` values, or the kernel does
+/// not fit the padded input.
 pub fn conv2d(
     x: Tensor<4>,
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
+    check(&x, &weight, bias.as_ref(), &options);
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     if cpu::on_cpu_backend(&x.device()) {
         return cpu::conv2d(x, weight, bias, options);
     }
     burn_conv2d(x, weight, bias, options)
+}
+
+/// Shape checks with messages that name what disagrees (every device).
+fn check(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, o: &ConvOptions<2>) {
+    let [_, c_in, h, w] = x.dims();
+    let [c_out, c_group, kh, kw] = weight.dims();
+    assert!(
+        o.groups > 0 && c_in % o.groups == 0 && c_out % o.groups == 0,
+        "conv2d: {c_in} input and {c_out} output channels are not divisible by {} groups",
+        o.groups
+    );
+    assert_eq!(
+        c_group * o.groups,
+        c_in,
+        "conv2d: the weight expects {} input channels, the input has {c_in}",
+        c_group * o.groups
+    );
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.dims()[0],
+            c_out,
+            "conv2d: the bias has {} values for {c_out} output channels",
+            bias.dims()[0]
+        );
+    }
+    for (axis, (size, k)) in [(h, kh), (w, kw)].into_iter().enumerate() {
+        let (begin, end) = o.padding[axis];
+        let reach = o.dilation[axis] * (k.max(1) - 1) + 1;
+        assert!(
+            size + begin + end >= reach,
+            "conv2d: a kernel spanning {reach} does not fit the padded input size {}",
+            size + begin + end
+        );
+    }
 }
 
 /// [`conv2d`] with the weights, bias and options of a burn `Conv2d` module (what
@@ -119,7 +155,6 @@ mod cpu {
         bias: Option<Tensor<1>>,
         options: ConvOptions<2>,
     ) -> Tensor<4> {
-        check(&x, &weight, bias.as_ref(), &options);
         let with_bias = bias.is_some();
         // Without a bias the kernel gets an unread stand-in.
         let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
@@ -130,40 +165,6 @@ mod cpu {
             with_bias,
             options,
         ))
-    }
-
-    /// The checks burn's `conv2d` makes, with the same messages' substance.
-    fn check(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, o: &ConvOptions<2>) {
-        let [_, c_in, h, w] = x.dims();
-        let [c_out, c_group, kh, kw] = weight.dims();
-        assert!(
-            o.groups > 0 && c_in % o.groups == 0 && c_out % o.groups == 0,
-            "conv2d: {c_in} input and {c_out} output channels are not divisible by {} groups",
-            o.groups
-        );
-        assert_eq!(
-            c_group * o.groups,
-            c_in,
-            "conv2d: the weight expects {} input channels, the input has {c_in}",
-            c_group * o.groups
-        );
-        if let Some(bias) = bias {
-            assert_eq!(
-                bias.dims()[0],
-                c_out,
-                "conv2d: the bias has {} values for {c_out} output channels",
-                bias.dims()[0]
-            );
-        }
-        for (axis, (size, k)) in [(h, kh), (w, kw)].into_iter().enumerate() {
-            let (begin, end) = o.padding[axis];
-            let reach = o.dilation[axis] * (k.max(1) - 1) + 1;
-            assert!(
-                size + begin + end >= reach,
-                "conv2d: a kernel spanning {reach} does not fit the padded input size {}",
-                size + begin + end
-            );
-        }
     }
 }
 

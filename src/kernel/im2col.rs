@@ -373,56 +373,36 @@ fn col2im(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32], out_rows: Range<usize>
     }
 }
 
-/// Splits the batch into [`ConvGeometry::tasks`] contiguous runs of samples and calls
-/// `f(task, samples, scratch, parallel)` for each, the runs in parallel (each with its own
-/// scratch and `parallel = false`) or, for one task, with `parallel = true`.
-fn for_sample_runs(
-    g: &ConvGeometry,
-    scratch: usize,
-    f: impl Fn(usize, Range<usize>, &mut [f32], bool) + Sync,
-) {
+/// The batch split into [`ConvGeometry::tasks`] contiguous runs of samples.
+fn sample_runs(g: &ConvGeometry) -> Vec<Range<usize>> {
     let tasks = g.tasks();
-    if tasks == 1 {
-        with_scratch(scratch, |col| f(0, 0..g.batch, col, true));
+    (0..tasks)
+        .map(|t| t * g.batch / tasks..(t + 1) * g.batch / tasks)
+        .collect()
+}
+
+/// Cuts `buf` (`len` values per sample) into the parts of each run of samples.
+fn split_runs<'a>(mut buf: &'a mut [f32], runs: &[Range<usize>], len: usize) -> Vec<&'a mut [f32]> {
+    runs.iter()
+        .map(|run| {
+            let (part, rest) = core::mem::take(&mut buf).split_at_mut(run.len() * len);
+            buf = rest;
+            part
+        })
+        .collect()
+}
+
+/// Calls `f(item, scratch, parallel)` for every run's `item`: the runs in parallel, each with
+/// its own scratch and `parallel = false`, or a single run with `parallel = true`.
+fn run_tasks<T: Send>(scratch: usize, items: Vec<T>, f: impl Fn(T, &mut [f32], bool) + Sync) {
+    if items.len() == 1 {
+        let item = items.into_iter().next().expect("one run");
+        with_scratch(scratch, |col| f(item, col, true));
         return;
     }
-    (0..tasks).into_par_iter().for_each(|t| {
-        let samples = t * g.batch / tasks..(t + 1) * g.batch / tasks;
-        with_scratch(scratch, |col| f(t, samples, col, false));
-    });
-}
-
-/// A shared pointer to disjoint per-sample chunks of one output buffer.
-#[derive(Clone, Copy)]
-struct Chunks {
-    ptr: *mut f32,
-    len: usize,
-    chunk: usize,
-}
-
-// SAFETY: tasks only reach the buffer through `Chunks::get` with distinct sample indices.
-unsafe impl Send for Chunks {}
-unsafe impl Sync for Chunks {}
-
-impl Chunks {
-    fn new(buf: &mut [f32], chunk: usize) -> Self {
-        Self {
-            ptr: buf.as_mut_ptr(),
-            len: buf.len(),
-            chunk,
-        }
-    }
-
-    /// Chunk `i`.
-    ///
-    /// # Safety
-    /// No two live references may be taken for the same `i`.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self, i: usize) -> &mut [f32] {
-        assert!((i + 1) * self.chunk <= self.len, "chunk out of bounds");
-        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(i * self.chunk), self.chunk) }
-    }
+    items
+        .into_par_iter()
+        .for_each(|item| with_scratch(scratch, |col| f(item, col, false)));
 }
 
 /// Calls `f(group, dst_group, parallel)` for the `chunk`-sized per-group parts of `dst`:
@@ -459,13 +439,15 @@ pub(super) fn conv2d_forward(
     let (cog, x_len) = (g.c_out / g.groups, g.c_in * g.in_plane());
     let y_len = g.c_out * n_out;
     let mut y = vec![0.0f32; g.batch * y_len];
-    let y_chunks = Chunks::new(&mut y, y_len);
-    let scratch = g.scratch_len();
-    for_sample_runs(g, scratch, |_, samples, col, parallel| {
-        for b in samples {
+    let runs = sample_runs(g);
+    let items: Vec<_> = runs
+        .iter()
+        .cloned()
+        .zip(split_runs(&mut y, &runs, y_len))
+        .collect();
+    run_tasks(g.scratch_len(), items, |(samples, y_run), col, parallel| {
+        for (b, yb) in samples.zip(y_run.chunks_mut(y_len.max(1))) {
             let xb = &x[b * x_len..(b + 1) * x_len];
-            // SAFETY: every sample belongs to one run and is visited once.
-            let yb = unsafe { y_chunks.get(b) };
             for rows in g.row_blocks() {
                 let (start, nb) = (rows.start * ow, rows.len() * ow);
                 let cols = unfold(g, xb, col, rows, parallel);
@@ -505,67 +487,71 @@ pub(super) fn conv2d_backward(
     let w_len = g.c_out * kg;
     // Zeroed: col2im adds every block's contribution.
     let mut dx = vec![0.0f32; g.batch * x_len];
-    let dx_chunks = Chunks::new(&mut dx, x_len);
     let pointwise = g.is_pointwise();
-    // Scratch: the unfolded input, then (reusing it) the unfolded input gradient.
-    let scratch = g.scratch_len();
+    let runs = sample_runs(g);
     // Weight gradient: one partial sum per run of samples, added up at the end.
-    let tasks = g.tasks();
-    let mut dw = vec![0.0f32; tasks * w_len];
-    let dw_chunks = Chunks::new(&mut dw, w_len);
-    for_sample_runs(g, scratch, |task, samples, col, parallel| {
-        // SAFETY: one partial per run.
-        let dwt = unsafe { dw_chunks.get(task) };
-        let first = samples.start;
-        for b in samples {
-            let xb = &x[b * x_len..(b + 1) * x_len];
-            let dyb = &dy[b * y_len..(b + 1) * y_len];
-            // SAFETY: every sample belongs to one run and is visited once.
-            let dxb = unsafe { dx_chunks.get(b) };
-            for rows in g.row_blocks() {
-                let (start, nb) = (rows.start * ow, rows.len() * ow);
-                let accumulate = b > first || start > 0;
-                // dY_g[:, block], [cog, nb] with rows n_out apart.
-                let dy_g = |grp: usize| View::row_major(&dyb[grp * cog * n_out + start..], n_out);
-                let cols = unfold(g, xb, col, rows.clone(), parallel);
-                // dW_g [cog, kg] (+)= dY_g [cog, nb] x col_g^T [nb, kg]
-                for_groups(dwt, cog * kg, parallel, |grp, dw, parallel| {
-                    matmul(
-                        dw,
-                        kg,
-                        (cog, kg, nb),
-                        dy_g(grp),
-                        View::transposed(&cols[grp * kg * nb..(grp + 1) * kg * nb], nb),
-                        accumulate,
-                        parallel,
-                    );
-                });
-                // dcol_g [kg, nb] = W_g^T [kg, cog] x dY_g [cog, nb]; straight into dx when
-                // pointwise (one block), else folded back onto dx.
-                let unfolded_grad = |dcol: &mut [f32]| {
-                    for_groups(dcol, kg * nb, parallel, |grp, dcol, parallel| {
+    let mut dw = vec![0.0f32; runs.len() * w_len];
+    let items: Vec<_> = runs
+        .iter()
+        .cloned()
+        .zip(split_runs(&mut dx, &runs, x_len))
+        .zip(dw.chunks_mut(w_len.max(1)))
+        .collect();
+    // Scratch: the unfolded input, then (reusing it) the unfolded input gradient.
+    run_tasks(
+        g.scratch_len(),
+        items,
+        |((samples, dx_run), dwt), col, parallel| {
+            let first = samples.start;
+            for (b, dxb) in samples.zip(dx_run.chunks_mut(x_len.max(1))) {
+                let xb = &x[b * x_len..(b + 1) * x_len];
+                let dyb = &dy[b * y_len..(b + 1) * y_len];
+                for rows in g.row_blocks() {
+                    let (start, nb) = (rows.start * ow, rows.len() * ow);
+                    let accumulate = b > first || start > 0;
+                    // dY_g[:, block], [cog, nb] with rows n_out apart.
+                    let dy_g =
+                        |grp: usize| View::row_major(&dyb[grp * cog * n_out + start..], n_out);
+                    let cols = unfold(g, xb, col, rows.clone(), parallel);
+                    // dW_g [cog, kg] (+)= dY_g [cog, nb] x col_g^T [nb, kg]
+                    for_groups(dwt, cog * kg, parallel, |grp, dw, parallel| {
                         matmul(
-                            dcol,
-                            nb,
-                            (kg, nb, cog),
-                            View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                            dw,
+                            kg,
+                            (cog, kg, nb),
                             dy_g(grp),
-                            false,
+                            View::transposed(&cols[grp * kg * nb..(grp + 1) * kg * nb], nb),
+                            accumulate,
                             parallel,
                         );
                     });
-                };
-                if pointwise {
-                    unfolded_grad(dxb);
-                } else {
-                    unfolded_grad(&mut col[..g.col_len(rows.len())]);
-                    col2im(g, col, dxb, rows, parallel);
+                    // dcol_g [kg, nb] = W_g^T [kg, cog] x dY_g [cog, nb]; straight into dx when
+                    // pointwise (one block), else folded back onto dx.
+                    let unfolded_grad = |dcol: &mut [f32]| {
+                        for_groups(dcol, kg * nb, parallel, |grp, dcol, parallel| {
+                            matmul(
+                                dcol,
+                                nb,
+                                (kg, nb, cog),
+                                View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                                dy_g(grp),
+                                false,
+                                parallel,
+                            );
+                        });
+                    };
+                    if pointwise {
+                        unfolded_grad(dxb);
+                    } else {
+                        unfolded_grad(&mut col[..g.col_len(rows.len())]);
+                        col2im(g, col, dxb, rows, parallel);
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     let (total, rest) = dw.split_at_mut(w_len);
-    for part in rest.chunks(w_len) {
+    for part in rest.chunks(w_len.max(1)) {
         total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
     }
     dw.truncate(w_len);
