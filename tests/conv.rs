@@ -271,30 +271,31 @@ fn conv2d_matches_a_float64_direct_convolution_on_every_backend() {
     }
 }
 
-#[test]
-#[should_panic(expected = "input channels")]
-fn conv2d_names_a_channel_mismatch() {
+/// `conv2d` of zero tensors of these shapes, padding 1.
+fn conv_of(x: [usize; 4], weight: [usize; 4], bias: Option<usize>) -> Tensor<4> {
     let device = Device::default();
-    let x = Tensor::<4>::zeros([1, 3, 8, 8], &device);
-    let w = Tensor::<4>::zeros([4, 2, 3, 3], &device);
-    let _ = conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+    conv2d(
+        Tensor::zeros(x, &device),
+        Tensor::zeros(weight, &device),
+        bias.map(|c| Tensor::zeros([c], &device)),
+        ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+    )
+}
+
+#[test]
+#[should_panic(expected = "the weight expects 2 input channels, the input has 3")]
+fn conv2d_names_a_channel_mismatch() {
+    conv_of([1, 3, 8, 8], [4, 2, 3, 3], None);
 }
 
 #[test]
 #[should_panic(expected = "the bias has 3 values for 4 output channels")]
 fn conv2d_names_a_bias_mismatch() {
-    let device = Device::default();
-    let x = Tensor::<4>::zeros([1, 2, 8, 8], &device);
-    let w = Tensor::<4>::zeros([4, 2, 3, 3], &device);
-    let b = Tensor::<1>::zeros([3], &device);
-    let _ = conv2d(x, w, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+    conv_of([1, 2, 8, 8], [4, 2, 3, 3], Some(3));
 }
 
 #[test]
 #[should_panic(expected = "does not fit the padded input size 4")]
 fn conv2d_names_a_kernel_larger_than_the_input() {
-    let device = Device::default();
-    let x = Tensor::<4>::zeros([1, 2, 2, 2], &device);
-    let w = Tensor::<4>::zeros([4, 2, 5, 5], &device);
-    let _ = conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+    conv_of([1, 2, 2, 2], [4, 2, 5, 5], None);
 }
