@@ -167,10 +167,3 @@ mod cpu {
         ))
     }
 }
-
-/// Output size of a convolution along `axis`.
-#[cfg(any(feature = "flex", feature = "ndarray"))]
-pub(super) fn out_size(size: usize, k: usize, axis: usize, o: &ConvOptions<2>) -> usize {
-    let (begin, end) = o.padding[axis];
-    (size + begin + end - o.dilation[axis] * (k - 1) - 1) / o.stride[axis] + 1
-}

@@ -242,16 +242,24 @@ fn valid_range(size: usize, out: usize, stride: usize, offset: isize) -> (usize,
     (lo.min(hi), hi)
 }
 
-/// Visits every row segment of the unfolded matrix of one input plane for the output rows
-/// `rows`: for kernel tap `t = (i, j)` and output row `oy`, calls
-/// `f(t, oy - rows.start, x_row, ox_range, x_offset)` where `x_row` is the input row read by
-/// that tap (`None` in the padding), `ox_range` the output columns whose input column is inside
-/// the plane and `x_offset` the input column of output column 0 (`ox * stride + x_offset`).
+/// The part of one row of the unfolded matrix (one kernel tap, one output row) that reads
+/// the input plane: output columns `lo..hi` read input row `iy` from column `x0` on, every
+/// `stride` columns; the other columns are padding.
+struct Segment {
+    iy: usize,
+    lo: usize,
+    hi: usize,
+    x0: usize,
+}
+
+/// Visits every row of the unfolded matrix of one input plane for the output rows `rows`:
+/// for kernel tap `t = (i, j)` and output row `oy`, calls `f(t, oy - rows.start, segment)`,
+/// `segment` being `None` when the whole row is padding.
 #[inline]
 fn for_each_segment(
     g: &ConvGeometry,
     rows: Range<usize>,
-    mut f: impl FnMut(usize, usize, Option<usize>, (usize, usize), isize),
+    mut f: impl FnMut(usize, usize, Option<Segment>),
 ) {
     let [kh, kw] = g.kernel;
     let [sh, sw] = g.stride;
@@ -262,11 +270,16 @@ fn for_each_segment(
         let (y_lo, y_hi) = valid_range(g.h, g.out[0], sh, off_y);
         for j in 0..kw {
             let off_x = (j * dw) as isize - pw as isize;
-            let xs = valid_range(g.w, g.out[1], sw, off_x);
+            let (lo, hi) = valid_range(g.w, g.out[1], sw, off_x);
             let t = i * kw + j;
             for oy in rows.clone() {
-                let iy = (oy >= y_lo && oy < y_hi).then(|| (oy * sh) as isize + off_y);
-                f(t, oy - rows.start, iy.map(|iy| iy as usize), xs, off_x);
+                let segment = (oy >= y_lo && oy < y_hi && lo < hi).then(|| Segment {
+                    iy: ((oy * sh) as isize + off_y) as usize,
+                    lo,
+                    hi,
+                    x0: ((lo * sw) as isize + off_x) as usize,
+                });
+                f(t, oy - rows.start, segment);
             }
         }
     }
@@ -278,21 +291,19 @@ fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32], out_rows: Ran
     let ow = g.out[1];
     let n = out_rows.len() * ow;
     let sw = g.stride[1];
-    for_each_segment(g, out_rows, |t, oy, iy, (lo, hi), off_x| {
+    for_each_segment(g, out_rows, |t, oy, segment| {
         let dst = &mut rows[t * n + oy * ow..t * n + (oy + 1) * ow];
-        let Some(iy) = iy.filter(|_| lo < hi) else {
+        let Some(Segment { iy, lo, hi, x0 }) = segment else {
             dst.fill(0.0);
             return;
         };
         let src = &plane[iy * g.w..(iy + 1) * g.w];
         dst[..lo].fill(0.0);
         dst[hi..].fill(0.0);
-        let start = (lo * sw) as isize + off_x;
-        let start = start as usize;
         if sw == 1 {
-            dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+            dst[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
         } else {
-            for (d, s) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(sw)) {
+            for (d, s) in dst[lo..hi].iter_mut().zip(src[x0..].iter().step_by(sw)) {
                 *d = *s;
             }
         }
@@ -305,19 +316,18 @@ fn col2im_plane(g: &ConvGeometry, rows: &[f32], plane: &mut [f32], out_rows: Ran
     let ow = g.out[1];
     let n = out_rows.len() * ow;
     let sw = g.stride[1];
-    for_each_segment(g, out_rows, |t, oy, iy, (lo, hi), off_x| {
-        let Some(iy) = iy.filter(|_| lo < hi) else {
+    for_each_segment(g, out_rows, |t, oy, segment| {
+        let Some(Segment { iy, lo, hi, x0 }) = segment else {
             return;
         };
         let src = &rows[t * n + oy * ow + lo..t * n + oy * ow + hi];
-        let start = ((lo * sw) as isize + off_x) as usize;
         let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
         if sw == 1 {
-            for (d, s) in dst[start..start + (hi - lo)].iter_mut().zip(src) {
+            for (d, s) in dst[x0..x0 + (hi - lo)].iter_mut().zip(src) {
                 *d += *s;
             }
         } else {
-            for (d, s) in dst[start..].iter_mut().step_by(sw).zip(src) {
+            for (d, s) in dst[x0..].iter_mut().step_by(sw).zip(src) {
                 *d += *s;
             }
         }
