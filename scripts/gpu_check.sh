@@ -46,7 +46,7 @@ if [[ "${1:-}" == "--pack" ]]; then
     mkdir -p "$dir"
     while read -r kind name path; do
         case "$kind:$name" in
-        test:fused | test:backends | test:parity | test:conv) cp "$path" "$dir/$name" ;;
+        test:*) if [[ " ${tests[*]} " == *" $name "* ]]; then cp "$path" "$dir/$name"; fi ;;
         example:bench) cp "$path" "$dir/bench" ;;
         bench:ibn) cp "$path" "$dir/layer_bench" ;;
         esac
