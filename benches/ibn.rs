@@ -120,7 +120,8 @@ fn main() {
     }
 
     // Convolutions of ResNet-50: burn's `conv2d` vs this crate's (`ibn_net::kernel::conv2d`,
-    // its own kernels on flex and ndarray; the same call as burn's elsewhere).
+    // its own kernels on flex and ndarray; the same call as burn's elsewhere). The 3x3 stride-1
+    // ones also with the Winograd path turned off (im2col + one product).
     let convs = [
         ("conv 7x7/2 stem", [3, 224], 64, 7, 2),
         ("conv 3x3", [64, 56], 64, 3, 1),
@@ -141,6 +142,17 @@ fn main() {
         bench(&format!("{label}, ibn-net"), shape, iters, &x, |x| {
             kernel::conv2d(x, w.clone(), None, options.clone())
         });
+        if k == 3 && stride == 1 {
+            kernel::set_winograd(false);
+            bench(
+                &format!("{label}, ibn-net, winograd off"),
+                shape,
+                iters,
+                &x,
+                |x| kernel::conv2d(x, w.clone(), None, options.clone()),
+            );
+            kernel::set_winograd(true);
+        }
     }
 
     // Training steps of the norm layers (forward + backward on an autodiff device).

@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--models a,b] [--batches 1,8] [--iters 10]
-//!     [--device flex|ndarray|wgpu] [--fold] [--no-train] [--json]
+//!     [--device flex|ndarray|wgpu] [--fold] [--no-winograd] [--no-train] [--json]
 //! ```
+//!
+//! `--no-winograd` turns the Winograd path of the CPU convolutions off
+//! ([`ibn_net::kernel::set_winograd`]).
 
 use std::time::Instant;
 
@@ -55,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
             "--iters" => args.iters = value()?.parse().map_err(|_| "bad --iters".to_string())?,
             "--device" => args.device = value()?,
             "--fold" => args.fold = true,
+            "--no-winograd" => ibn_net::kernel::set_winograd(false),
             "--no-train" => args.train = false,
             "--json" => args.json = true,
             other => return Err(format!("unknown argument `{other}`")),

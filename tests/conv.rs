@@ -1,18 +1,23 @@
-//! `ibn_net::kernel::conv2d` (the crate's im2col + matrix-product kernels on flex and ndarray,
-//! burn's convolution elsewhere) against a float64 direct convolution computed here: output
-//! and the gradients of input, weight and bias, over strides, asymmetric padding, dilation,
-//! groups, 1x1 to 7x7 kernels, a non-contiguous input and an input large enough to be unfolded
-//! in blocks of output rows. The CPU cases run in 1- and
-//! 2-thread pools, so both batch paths (the batch split into runs of samples across threads,
-//! including a run of two; one sample at a time, parallel inside) are taken on any machine.
-//! Tolerance: 1e-5 of the reference's largest magnitude.
+//! `ibn_net::kernel::conv2d` (the crate's im2col + matrix-product and Winograd kernels on flex
+//! and ndarray, burn's convolution elsewhere) against a float64 direct convolution computed
+//! here: output and the gradients of input, weight and bias, over strides, asymmetric padding,
+//! dilation, groups, 1x1 to 7x7 kernels, a non-contiguous input and inputs large enough to be
+//! unfolded in blocks of output rows or transformed in blocks of tiles. The CPU cases run in
+//! 1- and 2-thread pools, so both batch paths (the batch split into runs of samples across
+//! threads, including a run of two; one sample at a time, parallel inside) are taken on any
+//! machine. Tolerance: 1e-5 of the reference's largest magnitude.
+
+use std::sync::Mutex;
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use ibn_net::device::{available_devices, device_from_name};
-use ibn_net::kernel::conv2d;
+use ibn_net::kernel::{conv2d, set_winograd, winograd_enabled};
 
 const TOL: f64 = 1e-5;
+
+/// Held by the tests that depend on the process-wide Winograd switch.
+static WINOGRAD_SWITCH: Mutex<()> = Mutex::new(());
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -105,6 +110,24 @@ fn cases() -> Vec<Case> {
         size: [300, 290],
         stride: [2, 1],
         groups: 2,
+        bias: true,
+        ..Case::new(2, 16, 4, 300, 3)
+    });
+    // Winograd F(2x2, 3x3) (3x3, stride 1, at least 32 tiles of 2x2 outputs): odd and
+    // unequal output sizes (13 x 9, partial tiles at the bottom and right), asymmetric
+    // padding, bias.
+    cases.push(Case {
+        size: [13, 10],
+        padding: [(0, 2), (1, 0)],
+        bias: true,
+        ..Case::new(2, 5, 6, 13, 3)
+    });
+    // Winograd, tiles in blocks of whole samples (169 tiles each; 3 samples fit a block, the
+    // last block holds one).
+    cases.push(Case::new(4, 100, 100, 26, 3));
+    // Winograd, a large input transformed a block of tile rows at a time.
+    cases.push(Case {
+        size: [300, 290],
         bias: true,
         ..Case::new(2, 16, 4, 300, 3)
     });
@@ -242,6 +265,8 @@ fn check(device: &Device, label: &str, c: &Case) {
 
 #[test]
 fn conv2d_matches_a_float64_direct_convolution_on_every_backend() {
+    let _switch = WINOGRAD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(winograd_enabled(), "the Winograd path is on by default");
     for name in available_devices() {
         let device = device_from_name(name).unwrap();
         device.seed(11);
@@ -265,6 +290,33 @@ fn conv2d_matches_a_float64_direct_convolution_on_every_backend() {
             let label = format!("{name}, {threads} threads");
             pool.install(|| cases.iter().for_each(|case| check(&device, &label, case)));
         }
+    }
+}
+
+/// The Winograd path is a different computation from im2col (different rounding, so not
+/// bit-identical on random data) with the same result to float32 rounding; the switch turns
+/// it off. On each CPU device (the devices with the crate's own kernels).
+#[test]
+fn winograd_switch_selects_the_algorithm() {
+    let _switch = WINOGRAD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    for name in available_devices().into_iter().filter(|n| *n != "wgpu") {
+        let device = device_from_name(name).unwrap();
+        device.seed(5);
+        let x = Tensor::<4>::random([2, 8, 16, 16], Distribution::Default, &device);
+        let w = Tensor::<4>::random([8, 8, 3, 3], Distribution::Default, &device);
+        let conv = |winograd: bool| {
+            set_winograd(winograd);
+            let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            let y = conv2d(x.clone(), w.clone(), None, options);
+            set_winograd(true);
+            y.into_data()
+        };
+        let (fast, direct) = (conv(true), conv(false));
+        assert_ne!(
+            fast, direct,
+            "{name}: both settings ran the same computation"
+        );
+        fast.assert_approx_eq::<f32>(&direct, burn::tensor::Tolerance::absolute(1e-4));
     }
 }
 

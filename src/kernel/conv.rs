@@ -1,5 +1,7 @@
 //! 2-d convolution: burn's on GPU backends, this crate's im2col + matrix-product kernels
-//! (forward and backward) on the CPU backends.
+//! (forward and backward) and Winograd F(2x2, 3x3) forward pass on the CPU backends.
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -13,8 +15,11 @@ use burn::tensor::ops::ConvOptions;
 /// per sample, the input is unfolded (im2col; skipped for stride-1 unpadded 1x1 kernels) and
 /// multiplied by the weights read in place as `[C_out, C_in / groups * kh * kw]`, writing
 /// straight into the output; the backward pass is the two matching products and a fold back
-/// (col2im). Other devices use burn's `conv2d`. Differentiable with respect to `x`, `weight`
-/// and `bias`.
+/// (col2im). Ungrouped, undilated 3x3 convolutions at stride 1 take the Winograd F(2x2, 3x3)
+/// algorithm forward instead, which needs 2.25x fewer multiplications (the transforms hold
+/// only 0, ±1 and ±1/2; the result stays within float32 rounding of the direct sum; see
+/// [`set_winograd`]). Other devices use burn's `conv2d`. Differentiable with respect to `x`,
+/// `weight` and `bias`.
 ///
 /// # Shapes
 /// - `x`: `[N, C_in, H, W]`
@@ -39,6 +44,21 @@ pub fn conv2d(
         return cpu::conv2d(x, weight, bias, options);
     }
     burn_conv2d(x, weight, bias, options)
+}
+
+static WINOGRAD: AtomicBool = AtomicBool::new(true);
+
+/// Turns the Winograd path of [`conv2d`] (3x3 stride-1 convolutions on flex and ndarray,
+/// forward) on (the default) or off; off, every CPU convolution is im2col and one matrix
+/// product per sample, as in PyTorch's CPU convolutions. Process-wide; no effect on other
+/// devices.
+pub fn set_winograd(enabled: bool) {
+    WINOGRAD.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the Winograd path of [`conv2d`] is on (see [`set_winograd`]).
+pub fn winograd_enabled() -> bool {
+    WINOGRAD.load(Ordering::Relaxed)
 }
 
 /// Shape checks with messages that name what disagrees (every device).

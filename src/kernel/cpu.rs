@@ -221,7 +221,7 @@ mod backends {
 
     use super::super::conv::ConvKernels;
     use super::super::im2col::{ConvGeometry, conv2d_backward, conv2d_forward};
-    use super::super::{NormKernels, dims4};
+    use super::super::{NormKernels, dims4, winograd};
 
     /// Read access to a CPU backend's tensors as contiguous `f32` values.
     pub(super) trait CpuAccess: Backend {
@@ -452,8 +452,13 @@ mod backends {
         let (dtype, device) = (x.dtype(), x.device());
         let g = conv_geometry(&x.shape(), &weight.shape(), &options);
         let bias = with_bias.then(|| read::<B>(bias));
+        let forward = if winograd::applies(&g) {
+            winograd::conv2d_forward
+        } else {
+            conv2d_forward
+        };
         let out = B::with_f32(x, |x| {
-            B::with_f32(weight, |w| conv2d_forward(&g, x, w, bias.as_deref()))
+            B::with_f32(weight, |w| forward(&g, x, w, bias.as_deref()))
         });
         let shape = Shape::new([g.batch, g.c_out, g.out[0], g.out[1]]);
         write::<B>(out, shape, dtype, &device)

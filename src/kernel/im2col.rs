@@ -131,14 +131,14 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// A strided read-only matrix view: element `(r, c)` at `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub(super) struct View<'a> {
     data: &'a [f32],
     rs: usize,
     cs: usize,
 }
 
 impl<'a> View<'a> {
-    fn row_major(data: &'a [f32], cols: usize) -> Self {
+    pub(super) fn row_major(data: &'a [f32], cols: usize) -> Self {
         Self {
             data,
             rs: cols,
@@ -166,7 +166,7 @@ impl<'a> View<'a> {
 /// `dst [m, n] = lhs [m, k] x rhs [k, n]`, or `+=` with `accumulate`; `dst` is row-major
 /// with rows `dst_rs` apart.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     dst: &mut [f32],
     dst_rs: usize,
     (m, n, k): (usize, usize, usize),
@@ -384,7 +384,7 @@ fn col2im(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32], out_rows: Range<usize>
 }
 
 /// The batch split into [`ConvGeometry::tasks`] contiguous runs of samples.
-fn sample_runs(g: &ConvGeometry) -> Vec<Range<usize>> {
+pub(super) fn sample_runs(g: &ConvGeometry) -> Vec<Range<usize>> {
     let tasks = g.tasks();
     (0..tasks)
         .map(|t| t * g.batch / tasks..(t + 1) * g.batch / tasks)
@@ -392,7 +392,11 @@ fn sample_runs(g: &ConvGeometry) -> Vec<Range<usize>> {
 }
 
 /// Cuts `buf` (`len` values per sample) into the parts of each run of samples.
-fn split_runs<'a>(mut buf: &'a mut [f32], runs: &[Range<usize>], len: usize) -> Vec<&'a mut [f32]> {
+pub(super) fn split_runs<'a>(
+    mut buf: &'a mut [f32],
+    runs: &[Range<usize>],
+    len: usize,
+) -> Vec<&'a mut [f32]> {
     runs.iter()
         .map(|run| {
             let (part, rest) = core::mem::take(&mut buf).split_at_mut(run.len() * len);
@@ -404,7 +408,11 @@ fn split_runs<'a>(mut buf: &'a mut [f32], runs: &[Range<usize>], len: usize) -> 
 
 /// Calls `f(item, scratch, parallel)` for every run's `item`: the runs in parallel, each with
 /// its own scratch and `parallel = false`, or a single run with `parallel = true`.
-fn run_tasks<T: Send>(scratch: usize, items: Vec<T>, f: impl Fn(T, &mut [f32], bool) + Sync) {
+pub(super) fn run_tasks<T: Send>(
+    scratch: usize,
+    items: Vec<T>,
+    f: impl Fn(T, &mut [f32], bool) + Sync,
+) {
     if items.len() == 1 {
         let item = items.into_iter().next().expect("one run");
         with_scratch(scratch, |col| f(item, col, true));

@@ -1,7 +1,8 @@
 //! Fused normalisation kernels: the whole IBN layer, instance norm and the batch-norm
 //! transform as one pass over the activations, with hand-written backward passes; and the
 //! convolution every model uses, [`conv2d`] (this crate's im2col + matrix-product kernels on
-//! flex and ndarray, burn's convolution elsewhere).
+//! flex and ndarray, Winograd F(2x2, 3x3) for their 3x3 stride-1 convolutions, burn's
+//! convolution elsewhere).
 //!
 //! Two primitives cover every normalisation of the crate:
 //!
@@ -56,11 +57,13 @@ mod cube;
 mod grad;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod im2col;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod winograd;
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub use conv::ConvKernels;
-pub use conv::conv2d;
 pub(crate) use conv::conv2d_module;
+pub use conv::{conv2d, set_winograd, winograd_enabled};
 
 #[cfg(feature = "wgpu")]
 #[doc(hidden)]
