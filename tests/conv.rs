@@ -131,6 +131,9 @@ fn cases() -> Vec<Case> {
         bias: true,
         ..Case::new(2, 16, 4, 300, 3)
     });
+    // One sample, a product with enough rows (80 output channels) to be split into blocks of
+    // rows across threads (48 and 32 rows with two threads), forward and backward.
+    cases.push(Case::new(1, 16, 80, 6, 3));
     // Padding wider than the kernel reach: rows and columns made only of padding.
     cases.push(Case {
         padding: [(3, 3), (2, 4)],
