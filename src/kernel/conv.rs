@@ -16,8 +16,9 @@ use burn::tensor::ops::ConvOptions;
 /// multiplied by the weights read in place as `[C_out, C_in / groups * kh * kw]`, writing
 /// straight into the output; the backward pass is the two matching products and a fold back
 /// (col2im). Ungrouped, undilated 3x3 convolutions at stride 1 take the Winograd F(2x2, 3x3)
-/// algorithm forward instead, which needs 2.25x fewer multiplications (the transforms hold
-/// only 0, ±1 and ±1/2; the result stays within float32 rounding of the direct sum; see
+/// algorithm instead for the output and the input gradient (the convolution of the output
+/// gradient with the flipped kernel), which needs 2.25x fewer multiplications (the transforms
+/// hold only 0, ±1 and ±1/2; the result stays within float32 rounding of the direct sum; see
 /// [`set_winograd`]). Other devices use burn's `conv2d`. Differentiable with respect to `x`,
 /// `weight` and `bias`.
 ///
@@ -48,8 +49,8 @@ pub fn conv2d(
 
 static WINOGRAD: AtomicBool = AtomicBool::new(true);
 
-/// Turns the Winograd path of [`conv2d`] (3x3 stride-1 convolutions on flex and ndarray,
-/// forward) on (the default) or off; off, every CPU convolution is im2col and one matrix
+/// Turns the Winograd path of [`conv2d`] (3x3 stride-1 convolutions on flex and ndarray:
+/// output and input gradient) on (the default) or off; off, every CPU convolution is im2col and one matrix
 /// product per sample, as in PyTorch's CPU convolutions. Process-wide; no effect on other
 /// devices.
 pub fn set_winograd(enabled: bool) {

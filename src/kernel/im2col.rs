@@ -519,19 +519,22 @@ pub(super) fn conv2d_forward(
     y
 }
 
-/// Backward convolution: gradients of the input `[N, C_in, H, W]` and of the weight
-/// `[C_out, C_in / groups, kh, kw]` given the output gradient `dy` `[N, C_out, OH, OW]`.
+/// Backward convolution: gradients of the input `[N, C_in, H, W]` (when `input_grad`) and of
+/// the weight `[C_out, C_in / groups, kh, kw]` given the output gradient `dy`
+/// `[N, C_out, OH, OW]`.
 pub(super) fn conv2d_backward(
     g: &ConvGeometry,
     x: &[f32],
     weight: &[f32],
     dy: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
+    input_grad: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
     let (n_out, kg, ow) = (g.out_plane(), g.k_group(), g.out[1]);
     let (cog, x_len, y_len) = (g.c_out / g.groups, g.c_in * g.in_plane(), g.c_out * n_out);
     let w_len = g.c_out * kg;
+    let dx_len = if input_grad { x_len } else { 0 };
     // Zeroed: col2im adds every block's contribution.
-    let mut dx = vec![0.0f32; g.batch * x_len];
+    let mut dx = vec![0.0f32; g.batch * dx_len];
     let pointwise = g.is_pointwise();
     let runs = sample_runs(g);
     // Weight gradient: one partial sum per run of samples, added up at the end.
@@ -539,7 +542,7 @@ pub(super) fn conv2d_backward(
     let items: Vec<_> = runs
         .iter()
         .cloned()
-        .zip(split_runs(&mut dx, &runs, x_len))
+        .zip(split_runs(&mut dx, &runs, dx_len))
         .zip(dw.chunks_mut(w_len.max(1)))
         .collect();
     // Scratch: the unfolded input, then (reusing it) the unfolded input gradient.
@@ -548,7 +551,8 @@ pub(super) fn conv2d_backward(
         items,
         |((samples, dx_run), dwt), col, parallel| {
             let first = samples.start;
-            for (b, dxb) in samples.zip(dx_run.chunks_mut(x_len.max(1))) {
+            for b in samples {
+                let dxb = &mut dx_run[(b - first) * dx_len..(b - first + 1) * dx_len];
                 let xb = &x[b * x_len..(b + 1) * x_len];
                 let dyb = &dy[b * y_len..(b + 1) * y_len];
                 for rows in g.row_blocks() {
@@ -585,6 +589,9 @@ pub(super) fn conv2d_backward(
                             );
                         });
                     };
+                    if !input_grad {
+                        continue;
+                    }
                     if pointwise {
                         unfolded_grad(dxb);
                     } else {
@@ -600,5 +607,5 @@ pub(super) fn conv2d_backward(
         total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
     }
     dw.truncate(w_len);
-    (dx, dw)
+    (input_grad.then_some(dx), dw)
 }

@@ -1,5 +1,6 @@
 //! 3x3 stride-1 convolutions on CPU backends as Winograd F(2x2, 3x3) transforms around 16
-//! matrix products (Lavin & Gray, 2016).
+//! matrix products (Lavin & Gray, 2016), for the output and, as the convolution of the output
+//! gradient with the flipped kernel, for the input gradient.
 //!
 //! The output is cut into 2x2 tiles, each computed from a 4x4 input tile. With the filter
 //! transform `U = G g G^T`, the input transform `V = B^T d B` and the output transform
@@ -49,6 +50,38 @@ pub(super) fn applies(g: &ConvGeometry) -> bool {
         && g.dilation == [1, 1]
         && g.groups == 1
         && g.batch * tile_counts(g).0 * tile_counts(g).1 >= MIN_TILES
+}
+
+/// The input gradient of a convolution that [`applies`] with padding at most 2, as the
+/// Winograd convolution of `dy` `[N, C_out, OH, OW]` with the flipped, transposed kernel
+/// `W'[c, k, i, j] = W[k, c, 2 - i, 2 - j]` and padding `2 - p`: `[N, C_in, H, W]`. `None` when
+/// that convolution does not apply.
+pub(super) fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
+    if !applies(g) || g.padding[0] > 2 || g.padding[1] > 2 {
+        return None;
+    }
+    let transposed = ConvGeometry {
+        c_in: g.c_out,
+        h: g.out[0],
+        w: g.out[1],
+        c_out: g.c_in,
+        padding: [2 - g.padding[0], 2 - g.padding[1]],
+        out: [g.h, g.w],
+        ..*g
+    };
+    if !applies(&transposed) {
+        return None;
+    }
+    let mut flipped = vec![0.0f32; weight.len()];
+    for (c, wc) in flipped.chunks_exact_mut(9 * g.c_out).enumerate() {
+        for (k, taps) in wc.chunks_exact_mut(9).enumerate() {
+            let src = &weight[(k * g.c_in + c) * 9..][..9];
+            taps.iter_mut()
+                .zip(src.iter().rev())
+                .for_each(|(d, s)| *d = *s);
+        }
+    }
+    Some(conv2d_forward(&transposed, dy, &flipped, None))
 }
 
 /// Tile rows and tile columns of one output plane.
