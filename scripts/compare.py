@@ -17,8 +17,14 @@ runs, then the median of `--iters` timed runs. Training (resnet50_ibn_a,
 batch 8) is one SGD step (lr 0.01, momentum 0.9) with cross-entropy on random
 labels: forward + backward + step, 1 warm-up step, median of `--iters`.
 
+Rounds: `--rounds N` times both sides N times, alternating (Rust, then PyTorch,
+N times), and reports per case the median time of each side and the median of
+the N per-round ratios, with their range: on shared machines whose speed drifts
+over minutes, a ratio of two runs made minutes apart says little.
+
 Usage:
     python3 scripts/compare.py                         # both sides, Markdown table
+    python3 scripts/compare.py --rounds 3              # 3 alternating rounds
     python3 scripts/compare.py --skip-rust --iters 3   # PyTorch only
     python3 scripts/compare.py --rust-json rust.jsonl --out BENCH.md
 """
@@ -223,20 +229,50 @@ def _fmt(ms):
     return "—" if ms is None else f"{ms:.2f}"
 
 
-def markdown(env, torch_res, rust_res, models):
-    """Render the header and the comparison table as Markdown."""
+def combine(torch_rounds, rust_rounds):
+    """Per case: (median PyTorch ms, median ibn-net ms, per-round ratios) over the rounds.
+
+    Each argument is a list (one entry per round) of {(model, batch, mode): ms}; a ratio
+    pairs the two sides' times of the same round.
+    """
+    keys = set().union(*torch_rounds, *rust_rounds)
+    out = {}
+    for key in keys:
+        pts = [r[key] for r in torch_rounds if key in r]
+        rss = [r[key] for r in rust_rounds if key in r]
+        ratios = [rr[key] / tr[key] for tr, rr in zip(torch_rounds, rust_rounds)
+                  if key in tr and key in rr and tr[key]]
+        out[key] = (statistics.median(pts) if pts else None,
+                    statistics.median(rss) if rss else None, ratios)
+    return out
+
+
+def markdown(env, cases, models, rounds=1):
+    """Render the header and the comparison table as Markdown; `cases` as from `combine`."""
     order = {m: i for i, m in enumerate(models)}
-    keys = sorted(set(torch_res) | set(rust_res),
+    keys = sorted(cases,
                   key=lambda k: (order.get(k[0], len(order)), k[0], k[2] != "eval", k[1]))
     lines = ["# IBN-Net: PyTorch vs ibn-net (burn)", ""]
     lines += [f"- {k}: {v}" for k, v in env]
-    lines += ["", "| model | batch | mode | PyTorch ms | ibn-net ms | ratio (ibn-net / PyTorch) |",
-              "|---|---:|---|---:|---:|---:|"]
+    head = "| model | batch | mode | PyTorch ms | ibn-net ms | ratio (ibn-net / PyTorch) |"
+    rule = "|---|---:|---|---:|---:|---:|"
+    if rounds > 1:
+        head += " ratio range |"
+        rule += "---:|"
+    lines += ["", head, rule]
     for key in keys:
-        pt, rs = torch_res.get(key), rust_res.get(key)
-        ratio = f"{rs / pt:.2f}×" if pt and rs is not None else "—"
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {_fmt(pt)} | {_fmt(rs)} | {ratio} |")
-    lines += ["", "Median wall-clock time per call; ratio > 1 means ibn-net is slower."]
+        pt, rs, ratios = cases[key]
+        ratio = f"{statistics.median(ratios):.2f}×" if ratios else "—"
+        row = f"| {key[0]} | {key[1]} | {key[2]} | {_fmt(pt)} | {_fmt(rs)} | {ratio} |"
+        if rounds > 1:
+            row += f" {min(ratios):.2f}-{max(ratios):.2f}× |" if ratios else " — |"
+        lines.append(row)
+    if rounds > 1:
+        lines += ["", f"{rounds} alternating rounds (ibn-net, then PyTorch): median of each "
+                  "side's per-round median wall-clock time per call; the ratio is the median "
+                  "of the per-round ratios, with their range. Ratio > 1 means ibn-net is slower."]
+    else:
+        lines += ["", "Median wall-clock time per call; ratio > 1 means ibn-net is slower."]
     return "\n".join(lines) + "\n"
 
 
@@ -253,6 +289,8 @@ def parse_args(argv=None):
                    help="comma-separated model names (default: %(default)s)")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default: 1,8)")
     p.add_argument("--iters", type=int, default=10, help="timed runs per case (default: 10)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternating rounds of both sides (default: 1)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
     p.add_argument("--torch-device", default="cpu", help="PyTorch device (default: cpu)")
     p.add_argument("--no-tf32", action="store_true",
@@ -276,6 +314,8 @@ def parse_args(argv=None):
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if args.iters < 1:
         p.error("--iters must be at least 1")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     for m in args.models:
         try:
             named_model_check(m)
@@ -299,23 +339,27 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
-    if args.rust_json:
-        with open(args.rust_json) as f:
-            rust_res, rust_devices = parse_rust_lines(f)
-        rust_res = {k: v for k, v in rust_res.items() if k[0] in args.models}
-    elif args.skip_rust:
-        rust_res, rust_devices = {}, []
-    else:
-        cmd = rust_command(args.models, args.batches, args.iters, args.features,
-                           args.device, args.no_default_features)
-        rust_res, rust_devices = run_rust(cmd)
-        if not rust_res:
-            log("warning: the bench example printed no JSON results")
-
-    torch_res = run_torch(args.models, args.batches, args.iters, torch_device,
-                          train=not args.no_train)
+    torch_rounds, rust_rounds, rust_devices = [], [], []
+    for r in range(args.rounds):
+        if args.rounds > 1:
+            log(f"round {r + 1} of {args.rounds}")
+        if args.rust_json:
+            with open(args.rust_json) as f:
+                rust_res, rust_devices = parse_rust_lines(f)
+            rust_res = {k: v for k, v in rust_res.items() if k[0] in args.models}
+        elif args.skip_rust:
+            rust_res = {}
+        else:
+            cmd = rust_command(args.models, args.batches, args.iters, args.features,
+                               args.device, args.no_default_features)
+            rust_res, rust_devices = run_rust(cmd)
+            if not rust_res:
+                log("warning: the bench example printed no JSON results")
+        rust_rounds.append(rust_res)
+        torch_rounds.append(run_torch(args.models, args.batches, args.iters, torch_device,
+                                      train=not args.no_train))
     report = markdown(environment(args.threads, torch_device, rust_devices),
-                      torch_res, rust_res, args.models)
+                      combine(torch_rounds, rust_rounds), args.models, args.rounds)
     sys.stdout.write(report)
     if args.out:
         with open(args.out, "w") as f:
