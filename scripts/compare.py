@@ -17,10 +17,11 @@ runs, then the median of `--iters` timed runs. Training (resnet50_ibn_a,
 batch 8) is one SGD step (lr 0.01, momentum 0.9) with cross-entropy on random
 labels: forward + backward + step, 1 warm-up step, median of `--iters`.
 
-Rounds: `--rounds N` times both sides N times, alternating (Rust, then PyTorch,
-N times), and reports per case the median time of each side and the median of
-the N per-round ratios, with their range: on shared machines whose speed drifts
-over minutes, a ratio of two runs made minutes apart says little.
+Order: one model at a time, the Rust side then the PyTorch side, so that the
+two times of a ratio are taken seconds apart. `--rounds N` repeats the whole
+sequence N times and reports per case the median time of each side and the
+median of the N per-round ratios, with their range: on shared machines whose
+speed drifts over minutes, a single pair of runs says little.
 
 Usage:
     python3 scripts/compare.py                         # both sides, Markdown table
@@ -268,7 +269,7 @@ def markdown(env, cases, models, rounds=1):
             row += f" {min(ratios):.2f}-{max(ratios):.2f}× |" if ratios else " — |"
         lines.append(row)
     if rounds > 1:
-        lines += ["", f"{rounds} alternating rounds (ibn-net, then PyTorch): median of each "
+        lines += ["", f"{rounds} rounds (per model, ibn-net then PyTorch): median of each "
                   "side's per-round median wall-clock time per call; the ratio is the median "
                   "of the per-round ratios, with their range. Ratio > 1 means ibn-net is slower."]
     else:
@@ -339,25 +340,31 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
+    # Rounds, and inside each round one model at a time, Rust then PyTorch: the two sides
+    # of a ratio are timed seconds apart, not minutes.
     torch_rounds, rust_rounds, rust_devices = [], [], []
     for r in range(args.rounds):
         if args.rounds > 1:
             log(f"round {r + 1} of {args.rounds}")
-        if args.rust_json:
-            with open(args.rust_json) as f:
-                rust_res, rust_devices = parse_rust_lines(f)
-            rust_res = {k: v for k, v in rust_res.items() if k[0] in args.models}
-        elif args.skip_rust:
-            rust_res = {}
-        else:
-            cmd = rust_command(args.models, args.batches, args.iters, args.features,
-                               args.device, args.no_default_features)
-            rust_res, rust_devices = run_rust(cmd)
-            if not rust_res:
-                log("warning: the bench example printed no JSON results")
+        rust_res, torch_res = {}, {}
+        for model in args.models:
+            if args.rust_json:
+                with open(args.rust_json) as f:
+                    res, rust_devices = parse_rust_lines(f)
+                res = {k: v for k, v in res.items() if k[0] == model}
+            elif args.skip_rust:
+                res = {}
+            else:
+                cmd = rust_command([model], args.batches, args.iters, args.features,
+                                   args.device, args.no_default_features)
+                res, rust_devices = run_rust(cmd)
+                if not res:
+                    log(f"warning: the bench example printed no JSON results for {model}")
+            rust_res.update(res)
+            torch_res.update(run_torch([model], args.batches, args.iters, torch_device,
+                                       train=not args.no_train))
         rust_rounds.append(rust_res)
-        torch_rounds.append(run_torch(args.models, args.batches, args.iters, torch_device,
-                                      train=not args.no_train))
+        torch_rounds.append(torch_res)
     report = markdown(environment(args.threads, torch_device, rust_devices),
                       combine(torch_rounds, rust_rounds), args.models, args.rounds)
     sys.stdout.write(report)
