@@ -14,11 +14,14 @@
 //! least as many samples as threads (one scratch `col` per thread, reused between calls), and
 //! inside each product otherwise.
 
+use core::mem::MaybeUninit;
 use core::ops::Range;
 use std::cell::RefCell;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+use super::buffer::{assume_init, uninit};
 
 /// Geometry of one 2-d convolution (padding at the start of each axis; the output size
 /// already accounts for the padding at the end).
@@ -163,11 +166,38 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst [m, n] = lhs [m, k] x rhs [k, n]`, or `+=` with `accumulate`; `dst` is row-major
-/// with rows `dst_rs` apart.
+/// Elements of a matrix product's destination: `f32` values, or not yet written ones
+/// (`MaybeUninit<f32>`), which a product may overwrite but not add to.
+pub(super) trait Slot: Copy + Send + Sync {
+    /// Whether the destination holds values (that a product may add to).
+    const WRITTEN: bool;
+
+    /// Zero, as a destination element.
+    fn zero() -> Self;
+}
+
+impl Slot for f32 {
+    const WRITTEN: bool = true;
+
+    fn zero() -> Self {
+        0.0
+    }
+}
+
+impl Slot for MaybeUninit<f32> {
+    const WRITTEN: bool = false;
+
+    fn zero() -> Self {
+        MaybeUninit::new(0.0)
+    }
+}
+
+/// `dst [m, n] = lhs [m, k] x rhs [k, n]`, or `+=` with `accumulate` (only into written
+/// values); `dst` is row-major with rows `dst_rs` apart. Every element of the `[m, n]` region
+/// is written.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn matmul(
-    dst: &mut [f32],
+pub(super) fn matmul<T: Slot>(
+    dst: &mut [T],
     dst_rs: usize,
     (m, n, k): (usize, usize, usize),
     lhs: View,
@@ -179,6 +209,10 @@ pub(super) fn matmul(
         m == 0 || n == 0 || (n <= dst_rs && (m - 1) * dst_rs + n <= dst.len()),
         "matrix product output out of bounds"
     );
+    assert!(
+        T::WRITTEN || !accumulate,
+        "a matrix product cannot add to unwritten values"
+    );
     lhs.check(m, k);
     rhs.check(k, n);
     if m == 0 || n == 0 {
@@ -188,7 +222,7 @@ pub(super) fn matmul(
         if !accumulate {
             dst.chunks_mut(dst_rs)
                 .take(m)
-                .for_each(|row| row[..n].fill(0.0));
+                .for_each(|row| row[..n].fill(T::zero()));
         }
         return;
     }
@@ -226,13 +260,14 @@ pub(super) fn matmul(
     };
     // SAFETY: the three views were bounds-checked above for the (m, k), (k, n) and (m, n)
     // index ranges that `gemm` reads and writes; `dst` is borrowed mutably and does not
-    // alias the shared inputs.
+    // alias the shared inputs; `T` is `f32` or `MaybeUninit<f32>` (same layout), and `gemm`
+    // reads `dst` only with `accumulate`, which was asserted to mean written values.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             dst_rs as isize,
             accumulate,
@@ -419,11 +454,11 @@ pub(super) fn sample_runs(g: &ConvGeometry) -> Vec<Range<usize>> {
 }
 
 /// Cuts `buf` (`len` values per sample) into the parts of each run of samples.
-pub(super) fn split_runs<'a>(
-    mut buf: &'a mut [f32],
+pub(super) fn split_runs<'a, T>(
+    mut buf: &'a mut [T],
     runs: &[Range<usize>],
     len: usize,
-) -> Vec<&'a mut [f32]> {
+) -> Vec<&'a mut [T]> {
     runs.iter()
         .map(|run| {
             let (part, rest) = core::mem::take(&mut buf).split_at_mut(run.len() * len);
@@ -453,11 +488,11 @@ pub(super) fn run_tasks<T: Send>(
 /// Calls `f(group, dst_group, parallel)` for the `chunk`-sized per-group parts of `dst`:
 /// with `parallel`, grouped convolutions spread the groups across threads (each product on
 /// one thread) and ungrouped ones parallelise the product itself.
-fn for_groups(
-    dst: &mut [f32],
+fn for_groups<T: Send>(
+    dst: &mut [T],
     chunk: usize,
     parallel: bool,
-    f: impl Fn(usize, &mut [f32], bool) + Sync,
+    f: impl Fn(usize, &mut [T], bool) + Sync,
 ) {
     let whole = chunk * (dst.len() / chunk.max(1));
     let dst = &mut dst[..whole];
@@ -483,7 +518,7 @@ pub(super) fn conv2d_forward(
     let (n_out, kg, ow) = (g.out_plane(), g.k_group(), g.out[1]);
     let (cog, x_len) = (g.c_out / g.groups, g.c_in * g.in_plane());
     let y_len = g.c_out * n_out;
-    let mut y = vec![0.0f32; g.batch * y_len];
+    let mut y = uninit(g.batch * y_len);
     let runs = sample_runs(g);
     let items: Vec<_> = runs
         .iter()
@@ -509,14 +544,26 @@ pub(super) fn conv2d_forward(
                     );
                 });
             }
-            if let Some(bias) = bias {
-                for (plane, &v) in yb.chunks_mut(n_out).zip(bias) {
-                    plane.iter_mut().for_each(|y| *y += v);
-                }
-            }
         }
     });
+    // SAFETY: for every sample, the row blocks cover every output row and `for_groups` every
+    // output channel, and each product writes its whole `[C_out / groups, rows * OW]` region.
+    let mut y = unsafe { assume_init(y) };
+    if let Some(bias) = bias {
+        add_bias(&mut y, bias, n_out);
+    }
     y
+}
+
+/// Adds `bias[c]` to every output plane `[OH * OW]` (`plane` values) of channel `c` of `y`
+/// `[N, C_out, OH, OW]`.
+fn add_bias(y: &mut [f32], bias: &[f32], plane: usize) {
+    y.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(p, plane)| {
+            let v = bias[p % bias.len()];
+            plane.iter_mut().for_each(|y| *y += v);
+        });
 }
 
 /// Backward convolution: gradients of the input `[N, C_in, H, W]` (when `input_grad`) and of

@@ -48,6 +48,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::Tensor;
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod buffer;
 mod conv;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod cpu;

@@ -19,11 +19,13 @@
 //! is split into one run of samples per thread, each run handled start to end on its thread
 //! (one fork and join per call); a smaller batch spreads each step over the threads.
 
+use core::mem::MaybeUninit;
 use core::ops::Range;
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::buffer::{assume_init, uninit};
 use super::conv::winograd_enabled;
 use super::im2col::{ConvGeometry, View, matmul, run_tasks, sample_runs, split_runs};
 
@@ -133,7 +135,12 @@ fn blocks(g: &ConvGeometry, samples: Range<usize>) -> Vec<Block> {
 }
 
 /// Calls `f(i, chunk)` for the `len`-sized chunks of `buf`, on all threads or on this one.
-fn each_chunk(buf: &mut [f32], len: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
+fn each_chunk<T: Send>(
+    buf: &mut [T],
+    len: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
     if parallel {
         buf.par_chunks_mut(len)
             .enumerate()
@@ -245,13 +252,14 @@ fn transform_inputs(g: &ConvGeometry, x: &[f32], block: &Block, v: &mut [f32], p
 }
 
 /// The output rows of `block` from `M [16, C_out, T]`: `A^T m A` per tile, plus the bias;
-/// `y` holds the output planes `[C_out, OH, OW]` of the block's samples.
+/// `y` holds the output planes `[C_out, OH, OW]` of the block's samples, of which every row
+/// of the block's tile rows is written.
 fn transform_outputs(
     g: &ConvGeometry,
     m: &[f32],
     block: &Block,
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     parallel: bool,
 ) {
     let (_, tw) = tile_counts(g);
@@ -291,7 +299,7 @@ fn transform_outputs(
             for (i, row) in rows.chunks_exact(2 * tw).enumerate() {
                 let oy = 2 * ty + i;
                 if oy < oh {
-                    out[oy * ow..(oy + 1) * ow].copy_from_slice(&row[..ow]);
+                    out[oy * ow..(oy + 1) * ow].write_copy_of_slice(&row[..ow]);
                 }
             }
         }
@@ -331,7 +339,7 @@ pub(super) fn conv2d_forward(
     let (c_in, c_out) = (g.c_in, g.c_out);
     let (_, tw) = tile_counts(g);
     let y_len = c_out * g.out[0] * g.out[1];
-    let mut y = vec![0.0f32; g.batch * y_len];
+    let mut y = uninit(g.batch * y_len);
     let most = blocks(g, 0..g.batch)
         .iter()
         .map(|b| b.tiles(tw))
@@ -368,5 +376,8 @@ pub(super) fn conv2d_forward(
     if filters.len() <= FILTERS_KEEP {
         FILTERS.with(|cell| cell.replace(filters));
     }
-    y
+    // SAFETY: the blocks of each run cover its samples and every tile row of them, and
+    // `transform_outputs` writes both output rows of each tile row (the second one when it
+    // is inside the output) across every column of every output plane.
+    unsafe { assume_init(y) }
 }
