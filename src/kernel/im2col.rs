@@ -445,25 +445,20 @@ fn col2im(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32], out_rows: Range<usize>
     }
 }
 
-/// The batch split into [`ConvGeometry::tasks`] contiguous runs of samples.
-pub(super) fn sample_runs(g: &ConvGeometry) -> Vec<Range<usize>> {
+/// The batch split into [`ConvGeometry::tasks`] contiguous runs of samples, each with its
+/// part of `buf` (`len` values per sample).
+pub(super) fn sample_runs<'a, T>(
+    g: &ConvGeometry,
+    mut buf: &'a mut [T],
+    len: usize,
+) -> Vec<(Range<usize>, &'a mut [T])> {
     let tasks = g.tasks();
     (0..tasks)
-        .map(|t| t * g.batch / tasks..(t + 1) * g.batch / tasks)
-        .collect()
-}
-
-/// Cuts `buf` (`len` values per sample) into the parts of each run of samples.
-pub(super) fn split_runs<'a, T>(
-    mut buf: &'a mut [T],
-    runs: &[Range<usize>],
-    len: usize,
-) -> Vec<&'a mut [T]> {
-    runs.iter()
-        .map(|run| {
+        .map(|t| {
+            let run = t * g.batch / tasks..(t + 1) * g.batch / tasks;
             let (part, rest) = core::mem::take(&mut buf).split_at_mut(run.len() * len);
             buf = rest;
-            part
+            (run, part)
         })
         .collect()
 }
@@ -519,12 +514,7 @@ pub(super) fn conv2d_forward(
     let (cog, x_len) = (g.c_out / g.groups, g.c_in * g.in_plane());
     let y_len = g.c_out * n_out;
     let mut y = uninit(g.batch * y_len);
-    let runs = sample_runs(g);
-    let items: Vec<_> = runs
-        .iter()
-        .cloned()
-        .zip(split_runs(&mut y, &runs, y_len))
-        .collect();
+    let items = sample_runs(g, &mut y, y_len);
     run_tasks(g.scratch_len(), items, |(samples, y_run), col, parallel| {
         for (b, yb) in samples.zip(y_run.chunks_mut(y_len.max(1))) {
             let xb = &x[b * x_len..(b + 1) * x_len];
@@ -583,13 +573,10 @@ pub(super) fn conv2d_backward(
     // Zeroed: col2im adds every block's contribution.
     let mut dx = vec![0.0f32; g.batch * dx_len];
     let pointwise = g.is_pointwise();
-    let runs = sample_runs(g);
     // Weight gradient: one partial sum per run of samples, added up at the end.
-    let mut dw = vec![0.0f32; runs.len() * w_len];
-    let items: Vec<_> = runs
-        .iter()
-        .cloned()
-        .zip(split_runs(&mut dx, &runs, dx_len))
+    let mut dw = vec![0.0f32; g.tasks() * w_len];
+    let items: Vec<_> = sample_runs(g, &mut dx, dx_len)
+        .into_iter()
         .zip(dw.chunks_mut(w_len.max(1)))
         .collect();
     // Scratch: the unfolded input, then (reusing it) the unfolded input gradient.

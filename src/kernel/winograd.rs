@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::buffer::{assume_init, uninit};
 use super::conv::winograd_enabled;
-use super::im2col::{ConvGeometry, View, matmul, run_tasks, sample_runs, split_runs};
+use super::im2col::{ConvGeometry, View, matmul, run_tasks, sample_runs};
 
 /// Positions of a transformed tile.
 const XI: usize = 16;
@@ -350,12 +350,7 @@ pub(super) fn conv2d_forward(
     filters.resize(u_len, 0.0);
     transform_filters(g, weight, &mut filters);
     let u = &filters[..];
-    let runs = sample_runs(g);
-    let items: Vec<_> = runs
-        .iter()
-        .cloned()
-        .zip(split_runs(&mut y, &runs, y_len))
-        .collect();
+    let items = sample_runs(g, &mut y, y_len);
     run_tasks(
         XI * (c_in + c_out) * most,
         items,
