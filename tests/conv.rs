@@ -122,6 +122,12 @@ fn cases() -> Vec<Case> {
         bias: true,
         ..Case::new(2, 5, 6, 13, 3)
     });
+    // Winograd with end padding wider than 2 (the input gradient's convolution then reads
+    // output-gradient columns beyond the ones its tiles need).
+    cases.push(Case {
+        padding: [(1, 3), (0, 3)],
+        ..Case::new(2, 4, 5, 10, 3)
+    });
     // Winograd, tiles in blocks of whole samples (169 tiles each; 3 samples fit a block, the
     // last block holds one).
     cases.push(Case::new(4, 100, 100, 26, 3));

@@ -44,9 +44,11 @@ const FILTERS_KEEP: usize = 8 << 20;
 const MIN_TILES: usize = 32;
 
 /// Whether `g` goes through [`conv2d_forward`]: an ungrouped, undilated 3x3 kernel at
-/// stride 1 with enough tiles for the transforms to pay off.
+/// stride 1, with channels, and with enough tiles for the transforms to pay off.
 pub(super) fn applies(g: &ConvGeometry) -> bool {
     winograd_enabled()
+        && g.c_in > 0
+        && g.c_out > 0
         && g.kernel == [3, 3]
         && g.stride == [1, 1]
         && g.dilation == [1, 1]
@@ -205,8 +207,10 @@ fn transform_inputs(g: &ConvGeometry, x: &[f32], block: &Block, v: &mut [f32], p
                         continue;
                     }
                     let (even, odd) = row.split_at_mut(half);
-                    let src = &src[iy as usize * w..(iy as usize + 1) * w];
-                    // Padded column `ix + pw`.
+                    // Padded column `ix + pw`; columns past the tiles' span (end padding
+                    // wider than 2) feed no output.
+                    let cols = w.min((2 * half).saturating_sub(pw));
+                    let src = &src[iy as usize * w..][..cols];
                     for (ix, &value) in src.iter().enumerate() {
                         let col = ix + pw;
                         if col % 2 == 0 {
