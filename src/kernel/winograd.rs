@@ -207,18 +207,27 @@ fn transform_inputs(g: &ConvGeometry, x: &[f32], block: &Block, v: &mut [f32], p
                         continue;
                     }
                     let (even, odd) = row.split_at_mut(half);
-                    // Padded column `ix + pw`; columns past the tiles' span (end padding
-                    // wider than 2) feed no output.
+                    // Input column `ix` is padded column `ix + pw`: the even input columns go to
+                    // one half from `pw / 2` on, the odd ones to the other from
+                    // `(pw + 1) / 2` on. Columns past the tiles' span (end padding wider
+                    // than 2) feed no output.
                     let cols = w.min((2 * half).saturating_sub(pw));
                     let src = &src[iy as usize * w..][..cols];
-                    for (ix, &value) in src.iter().enumerate() {
-                        let col = ix + pw;
-                        if col % 2 == 0 {
-                            even[col / 2] = value;
-                        } else {
-                            odd[col / 2] = value;
-                        }
-                    }
+                    let (first, second) = if pw % 2 == 0 {
+                        (even, odd)
+                    } else {
+                        (odd, even)
+                    };
+                    let evens = src.iter().step_by(2);
+                    let odds = src.iter().skip(1).step_by(2);
+                    first[pw / 2..]
+                        .iter_mut()
+                        .zip(evens)
+                        .for_each(|(d, s)| *d = *s);
+                    second[(pw + 1) / 2..]
+                        .iter_mut()
+                        .zip(odds)
+                        .for_each(|(d, s)| *d = *s);
                 }
                 // B^T along the rows: [d0 - d2, d1 + d2, d2 - d1, d1 - d3].
                 let (d0, rest) = d.split_at(2 * half);
