@@ -209,7 +209,7 @@ fn transform_inputs(g: &ConvGeometry, x: &[f32], block: &Block, v: &mut [f32], p
                     let (even, odd) = row.split_at_mut(half);
                     // Input column `ix` is padded column `ix + pw`: the even input columns go to
                     // one half from `pw / 2` on, the odd ones to the other from
-                    // `(pw + 1) / 2` on. Columns past the tiles' span (end padding wider
+                    // `ceil(pw / 2)` on. Columns past the tiles' span (end padding wider
                     // than 2) feed no output.
                     let cols = w.min((2 * half).saturating_sub(pw));
                     let src = &src[iy as usize * w..][..cols];
@@ -224,7 +224,7 @@ fn transform_inputs(g: &ConvGeometry, x: &[f32], block: &Block, v: &mut [f32], p
                         .iter_mut()
                         .zip(evens)
                         .for_each(|(d, s)| *d = *s);
-                    second[(pw + 1) / 2..]
+                    second[pw.div_ceil(2)..]
                         .iter_mut()
                         .zip(odds)
                         .for_each(|(d, s)| *d = *s);
