@@ -343,15 +343,16 @@ def main(argv=None):
     # Rounds, and inside each round one model at a time, Rust then PyTorch: the two sides
     # of a ratio are timed seconds apart, not minutes.
     torch_rounds, rust_rounds, rust_devices = [], [], []
+    if args.rust_json:
+        with open(args.rust_json) as f:
+            rust_file, rust_devices = parse_rust_lines(f)
     for r in range(args.rounds):
         if args.rounds > 1:
             log(f"round {r + 1} of {args.rounds}")
         rust_res, torch_res = {}, {}
         for model in args.models:
             if args.rust_json:
-                with open(args.rust_json) as f:
-                    res, rust_devices = parse_rust_lines(f)
-                res = {k: v for k, v in res.items() if k[0] == model}
+                res = {k: v for k, v in rust_file.items() if k[0] == model}
             elif args.skip_rust:
                 res = {}
             else:
