@@ -46,6 +46,7 @@ const MIN_TILES: usize = 32;
 /// Whether `g` goes through [`conv2d_forward`]: an ungrouped, undilated 3x3 kernel at
 /// stride 1, with channels, and with enough tiles for the transforms to pay off.
 pub(super) fn applies(g: &ConvGeometry) -> bool {
+    let (th, tw) = tile_counts(g);
     winograd_enabled()
         && g.c_in > 0
         && g.c_out > 0
@@ -53,7 +54,7 @@ pub(super) fn applies(g: &ConvGeometry) -> bool {
         && g.stride == [1, 1]
         && g.dilation == [1, 1]
         && g.groups == 1
-        && g.batch * tile_counts(g).0 * tile_counts(g).1 >= MIN_TILES
+        && g.batch * th * tw >= MIN_TILES
 }
 
 /// The input gradient of a convolution that [`applies`] with padding at most 2, as the
