@@ -1,5 +1,6 @@
-//! 2-d convolution: burn's on GPU backends, this crate's im2col + matrix-product kernels
-//! (forward and backward) and Winograd F(2x2, 3x3) forward pass on the CPU backends.
+//! 2-d convolution: burn's on GPU backends; on the CPU backends this crate's im2col +
+//! matrix-product kernels (forward and backward) and Winograd F(2x2, 3x3) for 3x3 stride-1
+//! convolutions (output and input gradient).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -50,9 +51,9 @@ pub fn conv2d(
 static WINOGRAD: AtomicBool = AtomicBool::new(true);
 
 /// Turns the Winograd path of [`conv2d`] (3x3 stride-1 convolutions on flex and ndarray:
-/// output and input gradient) on (the default) or off; off, every CPU convolution is im2col and one matrix
-/// product per sample, as in PyTorch's CPU convolutions. Process-wide; no effect on other
-/// devices.
+/// output and input gradient) on (the default) or off; off, every CPU convolution is im2col
+/// and one matrix product per sample, as in PyTorch's CPU convolutions. Process-wide; no
+/// effect on other devices.
 pub fn set_winograd(enabled: bool) {
     WINOGRAD.store(enabled, Ordering::Relaxed);
 }
