@@ -174,6 +174,9 @@ trait Layer {
     fn composed(&self, x: Tensor<4>) -> Tensor<4>;
     fn params(&self) -> Vec<Tensor<1>>;
     fn running(&self) -> Vec<Tensor<1>>;
+    /// Turns off training behaviour (running statistics used, not updated), as for frozen
+    /// normalisation layers during fine-tuning: gradients still flow.
+    fn freeze(&mut self);
 }
 
 fn bn_parts(bn: &BatchNorm2d) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
@@ -210,6 +213,10 @@ impl Layer for Ibn {
     fn running(&self) -> Vec<Tensor<1>> {
         bn_parts(&self.batch).1
     }
+    fn freeze(&mut self) {
+        self.instance.training = Param::from_bool(false);
+        self.batch.training = Param::from_bool(false);
+    }
 }
 
 impl Layer for InstanceNorm2d {
@@ -225,6 +232,9 @@ impl Layer for InstanceNorm2d {
     fn running(&self) -> Vec<Tensor<1>> {
         in_parts(self).1
     }
+    fn freeze(&mut self) {
+        self.training = Param::from_bool(false);
+    }
 }
 
 impl Layer for BatchNorm2d {
@@ -239,6 +249,9 @@ impl Layer for BatchNorm2d {
     }
     fn running(&self) -> Vec<Tensor<1>> {
         bn_parts(self).1
+    }
+    fn freeze(&mut self) {
+        self.training = Param::from_bool(false);
     }
 }
 
@@ -274,17 +287,32 @@ fn set_in(inorm: &mut InstanceNorm2d, [w, b, m, v]: [Tensor<1>; 4]) {
     }
 }
 
-/// Output, input and parameter gradients (training) and running statistics of the fused
+/// How a layer runs in [`compare`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Plain device, running statistics.
+    Eval,
+    /// Autodiff device, batch statistics, running-statistics update, gradients.
+    Training,
+    /// Autodiff device, running statistics (training behaviour off), gradients.
+    Frozen,
+}
+
+/// Output, input and parameter gradients (autodiff modes) and running statistics of the fused
 /// path equal the composed path's; `make` builds two identical, independent layers.
 fn compare<L: Layer>(
     what: &str,
     make: impl Fn() -> L,
     x: &Tensor<4>,
     weights: &Tensor<4>,
-    training: bool,
+    mode: Mode,
 ) {
+    let training = mode != Mode::Eval;
     let run = |fused: bool| {
-        let layer = make();
+        let mut layer = make();
+        if mode == Mode::Frozen {
+            layer.freeze();
+        }
         let x = if training {
             x.clone().detach().require_grad()
         } else {
@@ -321,17 +349,16 @@ fn compare<L: Layer>(
 #[test]
 fn normalisation_layers_equal_the_composed_path() {
     for (name, device) in devices() {
-        for training in [false, true] {
-            let device = if training {
-                device.clone().autodiff()
-            } else {
+        for mode in [Mode::Eval, Mode::Training, Mode::Frozen] {
+            let device = if mode == Mode::Eval {
                 device.clone()
+            } else {
+                device.clone().autodiff()
             };
-            let mode = if training { "training" } else { "eval" };
             for (kind, x) in inputs(&device) {
                 let weights =
                     Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
-                let what = |layer: &str| format!("{layer} ({mode}, {kind} on {name})");
+                let what = |layer: &str| format!("{layer} ({mode:?}, {kind} on {name})");
                 for config in [
                     IbnConfig::new(10),
                     IbnConfig::new(10).with_ratio(0.7),
@@ -346,7 +373,7 @@ fn normalisation_layers_equal_the_composed_path() {
                         set_bn(&mut layer.batch, bn_values.clone());
                         layer
                     };
-                    compare(&what(&format!("{config:?}")), make, &x, &weights, training);
+                    compare(&what(&format!("{config:?}")), make, &x, &weights, mode);
                 }
                 for (label, config) in [
                     (
@@ -367,7 +394,7 @@ fn normalisation_layers_equal_the_composed_path() {
                         set_in(&mut layer, in_values.clone());
                         layer
                     };
-                    compare(&what(label), make, &x, &weights, training);
+                    compare(&what(label), make, &x, &weights, mode);
                 }
                 let bn_values = values(10, &device);
                 let make = || {
@@ -375,7 +402,7 @@ fn normalisation_layers_equal_the_composed_path() {
                     set_bn(&mut layer, bn_values.clone());
                     layer
                 };
-                compare(&what("batch norm"), make, &x, &weights, training);
+                compare(&what("batch norm"), make, &x, &weights, mode);
             }
         }
     }
