@@ -1,6 +1,7 @@
 //! The kernels on CPU backends (flex, ndarray): plain Rust over contiguous `f32` planes,
 //! one rayon task per chunk of (sample, channel) planes, statistics accumulated in `f64`.
 
+use core::mem::MaybeUninit;
 use core::ops::Range;
 
 use super::buffer::{assume_init, uninit};
@@ -54,11 +55,11 @@ fn mean_var(plane: &[f32]) -> (f64, f64) {
     (mean, var)
 }
 
-/// `y = x * a + b` over one plane.
+/// `y = x * a + b` over one plane, every value of `y` written.
 #[inline]
-fn affine(x: &[f32], y: &mut [f32], a: f32, b: f32) {
+fn affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = x * a + b;
+        y.write(x * a + b);
     }
 }
 
@@ -109,7 +110,7 @@ pub(super) fn norm_backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     use rayon::prelude::*;
     let hw = h * w;
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = uninit(x.len());
     let mut sums = vec![(0.0f64, 0.0f64); n * c];
     if hw > 0 {
         dx.par_chunks_mut(hw)
@@ -133,7 +134,10 @@ pub(super) fn norm_backward(
                 let k = scale[ch] as f64 * r;
                 if !stat {
                     // dx = scale * g
-                    affine(g, dx, k as f32, 0.0);
+                    let a = k as f32;
+                    for (dx, &g) in dx.iter_mut().zip(g) {
+                        dx.write(g * a);
+                    }
                     return;
                 }
                 // dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))
@@ -141,10 +145,13 @@ pub(super) fn norm_backward(
                 let cx = (-k * sum_gx * r / m) as f32;
                 let (a, mu) = (k as f32, mu as f32);
                 for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                    *dx = g * a + (x - mu) * cx + b;
+                    dx.write(g * a + (x - mu) * cx + b);
                 }
             });
     }
+    // SAFETY: `dx`, `x` and `grad` have the same length, a whole number of planes of `hw`
+    // values (none when `hw` is 0), and both branches above write every value of every plane.
+    let dx = unsafe { assume_init(dx) };
     let mut dscale = vec![0.0f32; c];
     let mut dshift = vec![0.0f32; c];
     for ch in 0..c {
@@ -195,10 +202,10 @@ pub(super) fn moments_backward(
     let hw = h * w;
     let k = channels.len();
     let planes = n * k;
-    let mut dx = vec![0.0f32; x.len()];
     if hw == 0 {
-        return dx;
+        return vec![0.0; x.len()];
     }
+    let mut dx = uninit(x.len());
     let m = hw as f32;
     dx.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
@@ -206,6 +213,7 @@ pub(super) fn moments_backward(
         .for_each(|(plane, (dx, x))| {
             let ch = plane % c;
             if !channels.contains(&ch) {
+                dx.fill(MaybeUninit::new(0.0));
                 return;
             }
             let p = (plane / c) * k + ch - channels.start;
@@ -215,7 +223,9 @@ pub(super) fn moments_backward(
             let a = 2.0 * g_var / m;
             affine(x, dx, a, g_mean / m - a * mean);
         });
-    dx
+    // SAFETY: `dx` and `x` have the same length, a whole number of planes of `hw` values, and
+    // every plane is either filled with zeros or written by `affine`.
+    unsafe { assume_init(dx) }
 }
 
 mod backends {
