@@ -22,3 +22,13 @@ pub(super) unsafe fn assume_init(buf: Vec<MaybeUninit<f32>>) -> Vec<f32> {
     // handed over whole and `buf` is not dropped.
     unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, capacity) }
 }
+
+/// `buf` as the `f32` values it holds.
+///
+/// # Safety
+/// Every element of `buf` has been written.
+pub(super) unsafe fn assume_init_mut(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the size and alignment of `f32`, and the caller
+    // guarantees that every element is initialised; the borrow of `buf` is handed over.
+    unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::buffer::{assume_init, uninit};
+use super::buffer::{assume_init, assume_init_mut, uninit};
 
 /// Geometry of one 2-d convolution (padding at the start of each axis; the output size
 /// already accounts for the padding at the end).
@@ -570,9 +570,13 @@ pub(super) fn conv2d_backward(
     let (cog, x_len, y_len) = (g.c_out / g.groups, g.c_in * g.in_plane(), g.c_out * n_out);
     let w_len = g.c_out * kg;
     let dx_len = if input_grad { x_len } else { 0 };
-    // Zeroed: col2im adds every block's contribution.
-    let mut dx = vec![0.0f32; g.batch * dx_len];
     let pointwise = g.is_pointwise();
+    // A pointwise convolution's input gradient is one product per sample that writes it
+    // whole; otherwise it is zeroed, as col2im adds every block's contribution.
+    let mut dx = uninit(g.batch * dx_len);
+    if !pointwise {
+        dx.fill(MaybeUninit::new(0.0));
+    }
     // Weight gradient: one partial sum per run of samples, added up at the end.
     let mut dw = vec![0.0f32; g.tasks() * w_len];
     let items: Vec<_> = sample_runs(g, &mut dx, dx_len)
@@ -608,29 +612,24 @@ pub(super) fn conv2d_backward(
                             parallel,
                         );
                     });
-                    // dcol_g [kg, nb] = W_g^T [kg, cog] x dY_g [cog, nb]; straight into dx when
-                    // pointwise (one block), else folded back onto dx.
-                    let unfolded_grad = |dcol: &mut [f32]| {
-                        for_groups(dcol, kg * nb, parallel, |grp, dcol, parallel| {
-                            matmul(
-                                dcol,
-                                nb,
-                                (kg, nb, cog),
-                                View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
-                                dy_g(grp),
-                                false,
-                                parallel,
-                            );
-                        });
-                    };
                     if !input_grad {
                         continue;
                     }
+                    // dcol_g [kg, nb] = W_g^T [kg, cog] x dY_g [cog, nb]; straight into dx when
+                    // pointwise (one block), else folded back onto dx.
+                    let dcol = Dcol {
+                        weight,
+                        dy: &dyb[start..],
+                        n_out,
+                        shape: (cog, kg, nb),
+                        parallel,
+                    };
                     if pointwise {
-                        unfolded_grad(dxb);
+                        dcol.write(dxb);
                     } else {
-                        unfolded_grad(&mut col[..g.col_len(rows.len())]);
-                        col2im(g, col, dxb, rows, parallel);
+                        dcol.write(&mut col[..g.col_len(rows.len())]);
+                        // SAFETY: `dx` was zero-filled above when not pointwise.
+                        col2im(g, col, unsafe { assume_init_mut(dxb) }, rows, parallel);
                     }
                 }
             }
@@ -641,5 +640,39 @@ pub(super) fn conv2d_backward(
         total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
     }
     dw.truncate(w_len);
+    // SAFETY: not pointwise, `dx` was zero-filled; pointwise, each sample's product wrote its
+    // whole `[C_in, H, W]` gradient (one block of rows, every group's `[kg, nb]` region).
+    let dx = unsafe { assume_init(dx) };
     (input_grad.then_some(dx), dw)
+}
+
+/// The unfolded input gradient of one block of output rows, `dcol_g [kg, nb] =
+/// W_g^T [kg, cog] x dY_g [cog, nb]` for every group `g`, written whole into `[groups * kg, nb]`.
+struct Dcol<'a> {
+    /// `[C_out, kg]`.
+    weight: &'a [f32],
+    /// The output gradient of one sample from the block's first position on; rows (output
+    /// channels) `n_out` apart.
+    dy: &'a [f32],
+    n_out: usize,
+    /// `(cog, kg, nb)`.
+    shape: (usize, usize, usize),
+    parallel: bool,
+}
+
+impl Dcol<'_> {
+    fn write<T: Slot>(&self, dst: &mut [T]) {
+        let (cog, kg, nb) = self.shape;
+        for_groups(dst, kg * nb, self.parallel, |grp, dcol, parallel| {
+            matmul(
+                dcol,
+                nb,
+                (kg, nb, cog),
+                View::transposed(&self.weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+                View::row_major(&self.dy[grp * cog * self.n_out..], self.n_out),
+                false,
+                parallel,
+            );
+        });
+    }
 }
