@@ -211,7 +211,7 @@ impl Layer for Ibn {
         [in_parts(&self.instance).0, bn_parts(&self.batch).0].concat()
     }
     fn running(&self) -> Vec<Tensor<1>> {
-        bn_parts(&self.batch).1
+        [in_parts(&self.instance).1, bn_parts(&self.batch).1].concat()
     }
     fn freeze(&mut self) {
         self.instance.training = Param::from_bool(false);
@@ -359,21 +359,30 @@ fn normalisation_layers_equal_the_composed_path() {
                 let weights =
                     Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
                 let what = |layer: &str| format!("{layer} ({mode:?}, {kind} on {name})");
-                for config in [
-                    IbnConfig::new(10),
-                    IbnConfig::new(10).with_ratio(0.7),
-                    IbnConfig::dense(10),
+                // The last case gives the IN section running statistics (not in the released
+                // models; used in evaluation like an instance norm's).
+                for (config, in_running) in [
+                    (IbnConfig::new(10), false),
+                    (IbnConfig::new(10).with_ratio(0.7), false),
+                    (IbnConfig::dense(10), false),
+                    (IbnConfig::new(10), true),
                 ] {
                     let probe = config.init(&device).unwrap();
                     let in_values = values(probe.instance_channels(), &device);
                     let bn_values = values(probe.batch_channels(), &device);
                     let make = || {
                         let mut layer = config.init(&device).unwrap();
+                        if in_running {
+                            let [_, _, mean, var] = in_values.clone();
+                            layer.instance.running_mean = Some(RunningState::new(mean));
+                            layer.instance.running_var = Some(RunningState::new(var));
+                        }
                         set_in(&mut layer.instance, in_values.clone());
                         set_bn(&mut layer.batch, bn_values.clone());
                         layer
                     };
-                    compare(&what(&format!("{config:?}")), make, &x, &weights, mode);
+                    let label = format!("{config:?}, IN running statistics: {in_running}");
+                    compare(&what(&label), make, &x, &weights, mode);
                 }
                 for (label, config) in [
                     (

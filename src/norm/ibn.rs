@@ -132,7 +132,8 @@ impl Ibn {
         } else {
             (cb, 0)
         };
-        let (in_scale, in_shift, _) = self
+        // The IN section's own statistics (or, for an IN given running statistics, none).
+        let (in_scale, in_shift, in_stats) = self
             .instance
             .plan_for(&input.clone().narrow(1, in_start, ci));
         let (bn_scale, bn_shift) = self.batch.transform_for(&input, bn_start..bn_start + cb);
@@ -151,7 +152,7 @@ impl Ibn {
             input,
             scale,
             shift,
-            in_start..in_start + ci,
+            in_start..in_start + in_stats.len(),
             self.instance.epsilon,
         )
     }
