@@ -90,9 +90,7 @@ pub(super) fn norm_forward(
             } else {
                 (scale[ch], shift[ch])
             };
-            for (y, &x) in y.iter_mut().zip(x) {
-                y.write(x * a + b);
-            }
+            affine(x, y, a, b);
         });
     // SAFETY: `out` and `x` have the same length, a whole number of planes of `hw` values, and
     // the loop above wrote every value of every plane.
@@ -134,10 +132,7 @@ pub(super) fn norm_backward(
                 let k = scale[ch] as f64 * r;
                 if !stat {
                     // dx = scale * g
-                    let a = k as f32;
-                    for (dx, &g) in dx.iter_mut().zip(g) {
-                        dx.write(g * a);
-                    }
+                    affine(g, dx, k as f32, 0.0);
                     return;
                 }
                 // dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))

@@ -617,17 +617,12 @@ pub(super) fn conv2d_backward(
                     }
                     // dcol_g [kg, nb] = W_g^T [kg, cog] x dY_g [cog, nb]; straight into dx when
                     // pointwise (one block), else folded back onto dx.
-                    let dcol = Dcol {
-                        weight,
-                        dy: &dyb[start..],
-                        n_out,
-                        shape: (cog, kg, nb),
-                        parallel,
-                    };
+                    let shape = (cog, kg, nb);
                     if pointwise {
-                        dcol.write(dxb);
+                        unfolded_grad(dxb, weight, &dy_g, shape, parallel);
                     } else {
-                        dcol.write(&mut col[..g.col_len(rows.len())]);
+                        let dcol = &mut col[..g.col_len(rows.len())];
+                        unfolded_grad(dcol, weight, &dy_g, shape, parallel);
                         // SAFETY: `dx` was zero-filled above when not pointwise.
                         col2im(g, col, unsafe { assume_init_mut(dxb) }, rows, parallel);
                     }
@@ -647,32 +642,24 @@ pub(super) fn conv2d_backward(
 }
 
 /// The unfolded input gradient of one block of output rows, `dcol_g [kg, nb] =
-/// W_g^T [kg, cog] x dY_g [cog, nb]` for every group `g`, written whole into `[groups * kg, nb]`.
-struct Dcol<'a> {
-    /// `[C_out, kg]`.
-    weight: &'a [f32],
-    /// The output gradient of one sample from the block's first position on; rows (output
-    /// channels) `n_out` apart.
-    dy: &'a [f32],
-    n_out: usize,
-    /// `(cog, kg, nb)`.
-    shape: (usize, usize, usize),
+/// W_g^T [kg, cog] x dY_g [cog, nb]` for every group `g` (`weight` `[C_out, kg]`, `dy_g(g)` the
+/// group's output gradient), written whole into `dst` `[groups * kg, nb]`.
+fn unfolded_grad<'a, T: Slot>(
+    dst: &mut [T],
+    weight: &[f32],
+    dy_g: &(impl Fn(usize) -> View<'a> + Sync),
+    (cog, kg, nb): (usize, usize, usize),
     parallel: bool,
-}
-
-impl Dcol<'_> {
-    fn write<T: Slot>(&self, dst: &mut [T]) {
-        let (cog, kg, nb) = self.shape;
-        for_groups(dst, kg * nb, self.parallel, |grp, dcol, parallel| {
-            matmul(
-                dcol,
-                nb,
-                (kg, nb, cog),
-                View::transposed(&self.weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
-                View::row_major(&self.dy[grp * cog * self.n_out..], self.n_out),
-                false,
-                parallel,
-            );
-        });
-    }
+) {
+    for_groups(dst, kg * nb, parallel, |grp, dcol, parallel| {
+        matmul(
+            dcol,
+            nb,
+            (kg, nb, cog),
+            View::transposed(&weight[grp * cog * kg..(grp + 1) * cog * kg], kg),
+            dy_g(grp),
+            false,
+            parallel,
+        );
+    });
 }
