@@ -307,13 +307,14 @@ fn compare<L: Layer>(
     weights: &Tensor<4>,
     mode: Mode,
 ) {
-    let training = mode != Mode::Eval;
+    // Both autodiff modes take gradients.
+    let autodiff = mode != Mode::Eval;
     let run = |fused: bool| {
         let mut layer = make();
         if mode == Mode::Frozen {
             layer.freeze();
         }
-        let x = if training {
+        let x = if autodiff {
             x.clone().detach().require_grad()
         } else {
             x.clone()
@@ -324,7 +325,7 @@ fn compare<L: Layer>(
         } else {
             layer.composed(x.clone())
         };
-        let grads = training.then(|| {
+        let grads = autodiff.then(|| {
             let g = (y.clone() * weights.clone()).sum().backward();
             let dx = x.grad(&g).unwrap();
             let dp: Vec<Tensor<1>> = params.iter().map(|p| p.grad(&g).unwrap()).collect();
