@@ -118,9 +118,10 @@ impl Ibn {
     }
 
     /// Normalises `input` in one pass ([`kernel::plane_norm`](crate::kernel::plane_norm)):
-    /// the IN section with per-(sample, channel) statistics, the BN section with its running
-    /// statistics (or, in training, its batch statistics), one output tensor, no split or
-    /// concatenation of the activations.
+    /// the IN section with per-(sample, channel) statistics (in evaluation, with its running
+    /// statistics if it was given any, as PyTorch's `InstanceNorm2d`), the BN section with its
+    /// running statistics (or, in training, its batch statistics), one output tensor, no split
+    /// or concatenation of the activations.
     ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]` with `C = instance_channels + batch_channels`
