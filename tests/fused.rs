@@ -8,7 +8,10 @@ use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Distribution, Tensor};
 use common::*;
 use ibn_net::device::{available_devices, device_from_name};
-use ibn_net::kernel::{plane_moments, plane_moments_reference, plane_norm, plane_norm_reference};
+use ibn_net::kernel::{
+    Epilogue, plane_moments, plane_moments_reference, plane_norm, plane_norm_reference,
+    plane_norm_with, plane_norm_with_reference,
+};
 use ibn_net::norm::{
     BatchNorm2d, BatchNorm2dConfig, Ibn, IbnConfig, InstanceNorm2d, InstanceNorm2dConfig,
 };
@@ -72,6 +75,90 @@ fn plane_norm_equals_the_reference() {
                     plane_norm(x.clone(), scale.clone(), shift.clone(), range.clone(), 1e-5),
                     plane_norm_reference(x.clone(), scale.clone(), shift.clone(), range, 1e-5),
                 );
+            }
+        }
+    }
+}
+
+/// The epilogues of [`plane_norm_with`] besides the identity: `(label, residual?, relu)`.
+const EPILOGUES: [(&str, bool, bool); 3] = [
+    ("relu", false, true),
+    ("add", true, false),
+    ("add relu", true, true),
+];
+
+fn epilogue(residual: Option<&Tensor<4>>, relu: bool) -> Epilogue {
+    Epilogue {
+        residual: residual.cloned(),
+        relu,
+    }
+}
+
+#[test]
+fn plane_norm_with_an_epilogue_equals_the_reference() {
+    for (name, device) in devices() {
+        for (kind, x) in inputs(&device) {
+            let scale = Tensor::<1>::random([10], Distribution::Normal(1.0, 0.5), &device);
+            let shift = Tensor::<1>::random([10], Distribution::Normal(0.0, 1.0), &device);
+            let residual = Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+            for (label, add, relu) in EPILOGUES {
+                for range in [0..10, 0..0, 3..8] {
+                    let then = || epilogue(add.then_some(&residual), relu);
+                    let (s, b) = (scale.clone(), shift.clone());
+                    let r = range.clone();
+                    close(
+                        &format!("plane_norm then {label}, {kind} {range:?} on {name}"),
+                        plane_norm_with(x.clone(), s.clone(), b.clone(), r.clone(), 1e-5, then()),
+                        plane_norm_with_reference(x.clone(), s, b, r, 1e-5, then()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn plane_norm_with_an_epilogue_has_the_reference_gradients() {
+    type Norm =
+        fn(Tensor<4>, Tensor<1>, Tensor<1>, core::ops::Range<usize>, f64, Epilogue) -> Tensor<4>;
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        for (kind, x) in inputs(&device) {
+            let x = x.detach();
+            let scale = Tensor::<1>::random([10], Distribution::Normal(1.0, 0.5), &device);
+            let shift = Tensor::<1>::random([10], Distribution::Normal(0.0, 1.0), &device);
+            let residual = Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let weights = Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+            for (label, add, relu) in EPILOGUES {
+                for range in [0..10, 0..0, 3..8] {
+                    let grads = |f: Norm| {
+                        let (x, s, b, r) = (
+                            x.clone().require_grad(),
+                            scale.clone().require_grad(),
+                            shift.clone().require_grad(),
+                            residual.clone().require_grad(),
+                        );
+                        let then = epilogue(add.then_some(&r), relu);
+                        let y = f(x.clone(), s.clone(), b.clone(), range.clone(), 1e-5, then);
+                        let g = (y * weights.clone()).sum().backward();
+                        let dr = add.then(|| r.grad(&g).unwrap());
+                        (
+                            x.grad(&g).unwrap(),
+                            s.grad(&g).unwrap(),
+                            b.grad(&g).unwrap(),
+                            dr,
+                        )
+                    };
+                    let (dx, ds, db, dr) = grads(plane_norm_with);
+                    let (rx, rs, rb, rr) = grads(plane_norm_with_reference);
+                    let what = format!("then {label}, {kind} {range:?} on {name}");
+                    close(&format!("input gradient {what}"), dx, rx);
+                    close(&format!("scale gradient {what}"), ds, rs);
+                    close(&format!("shift gradient {what}"), db, rb);
+                    if let (Some(d), Some(r)) = (dr, rr) {
+                        close(&format!("residual gradient {what}"), d, r);
+                    }
+                }
             }
         }
     }
@@ -170,7 +257,7 @@ fn plane_moments_gradients_equal_the_reference() {
 /// A normalisation layer under test: its fused and composed paths, trainable parameters and
 /// running statistics.
 trait Layer {
-    fn fast(&self, x: Tensor<4>) -> Tensor<4>;
+    fn fast(&self, x: Tensor<4>, then: Epilogue) -> Tensor<4>;
     fn composed(&self, x: Tensor<4>) -> Tensor<4>;
     fn params(&self) -> Vec<Tensor<1>>;
     fn running(&self) -> Vec<Tensor<1>>;
@@ -201,8 +288,8 @@ fn in_parts(inorm: &InstanceNorm2d) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
 }
 
 impl Layer for Ibn {
-    fn fast(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward(x)
+    fn fast(&self, x: Tensor<4>, then: Epilogue) -> Tensor<4> {
+        self.forward_with(x, then)
     }
     fn composed(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_composed(x)
@@ -220,8 +307,8 @@ impl Layer for Ibn {
 }
 
 impl Layer for InstanceNorm2d {
-    fn fast(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward(x)
+    fn fast(&self, x: Tensor<4>, then: Epilogue) -> Tensor<4> {
+        self.forward_with(x, then)
     }
     fn composed(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_composed(x)
@@ -238,8 +325,8 @@ impl Layer for InstanceNorm2d {
 }
 
 impl Layer for BatchNorm2d {
-    fn fast(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward(x)
+    fn fast(&self, x: Tensor<4>, then: Epilogue) -> Tensor<4> {
+        self.forward_with(x, then)
     }
     fn composed(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_composed(x)
@@ -298,46 +385,62 @@ enum Mode {
     Frozen,
 }
 
-/// Output, input and parameter gradients (autodiff modes) and running statistics of the fused
-/// path equal the composed path's; `make` builds two identical, independent layers.
+/// Output, input, residual and parameter gradients (autodiff modes) and running statistics of
+/// the fused path (the layer's `forward_with` the epilogue `then`) equal the composed path's
+/// (the composed layer, then the epilogue by generic operations); `make` builds two identical,
+/// independent layers. `then`: `(label, add residual?, relu)`.
 fn compare<L: Layer>(
     what: &str,
     make: impl Fn() -> L,
-    x: &Tensor<4>,
+    (x, residual): (&Tensor<4>, &Tensor<4>),
     weights: &Tensor<4>,
     mode: Mode,
+    (label, add, relu): (&str, bool, bool),
 ) {
+    let what = format!("{what}, then {label}");
     // Both autodiff modes take gradients.
     let autodiff = mode != Mode::Eval;
+    let input = |t: &Tensor<4>| {
+        if autodiff {
+            t.clone().detach().require_grad()
+        } else {
+            t.clone()
+        }
+    };
     let run = |fused: bool| {
         let mut layer = make();
         if mode == Mode::Frozen {
             layer.freeze();
         }
-        let x = if autodiff {
-            x.clone().detach().require_grad()
-        } else {
-            x.clone()
+        let x = input(x);
+        let residual = add.then(|| input(residual));
+        let then = Epilogue {
+            residual: residual.clone(),
+            relu,
         };
         let params = layer.params();
         let y = if fused {
-            layer.fast(x.clone())
+            layer.fast(x.clone(), then)
         } else {
-            layer.composed(x.clone())
+            then.apply(layer.composed(x.clone()))
         };
         let grads = autodiff.then(|| {
             let g = (y.clone() * weights.clone()).sum().backward();
-            let dx = x.grad(&g).unwrap();
+            let mut d: Vec<Tensor<4>> = vec![x.grad(&g).unwrap()];
+            d.extend(residual.map(|r| r.grad(&g).unwrap()));
             let dp: Vec<Tensor<1>> = params.iter().map(|p| p.grad(&g).unwrap()).collect();
-            (dx, dp)
+            (d, dp)
         });
         (y.detach(), grads, layer.running())
     };
     let (y, grads, running) = run(true);
     let (ry, rgrads, rrunning) = run(false);
     close(&format!("output of {what}"), y, ry);
-    if let (Some((dx, dp)), Some((rdx, rdp))) = (grads, rgrads) {
-        close(&format!("input gradient of {what}"), dx, rdx);
+    if let (Some((d, dp)), Some((rd, rdp))) = (grads, rgrads) {
+        for (i, (d, r)) in d.into_iter().zip(rd).enumerate() {
+            let of = ["input", "residual"][i];
+            close(&format!("{of} gradient of {what}"), d, r);
+        }
         for (i, (d, r)) in dp.into_iter().zip(rdp).enumerate() {
             close(&format!("gradient of parameter {i} of {what}"), d, r);
         }
@@ -356,9 +459,20 @@ fn normalisation_layers_equal_the_composed_path() {
             } else {
                 device.clone().autodiff()
             };
-            for (kind, x) in inputs(&device) {
+            // Each input with another epilogue (ReLU's kink away from the large planes, where a
+            // value within rounding of zero would be likelier).
+            let thens = [
+                ("add relu", true, true),
+                ("relu", false, true),
+                ("nothing", false, false),
+                ("add", true, false),
+            ];
+            for ((kind, x), then) in inputs(&device).into_iter().zip(thens) {
                 let weights =
                     Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+                let residual =
+                    Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+                let x = (&x, &residual);
                 let what = |layer: &str| format!("{layer} ({mode:?}, {kind} on {name})");
                 // The last case gives the IN section running statistics (not in the released
                 // models; used in evaluation like an instance norm's).
@@ -383,7 +497,7 @@ fn normalisation_layers_equal_the_composed_path() {
                         layer
                     };
                     let label = format!("{config:?}, IN running statistics: {in_running}");
-                    compare(&what(&label), make, &x, &weights, mode);
+                    compare(&what(&label), make, x, &weights, mode, then);
                 }
                 for (label, config) in [
                     (
@@ -404,7 +518,7 @@ fn normalisation_layers_equal_the_composed_path() {
                         set_in(&mut layer, in_values.clone());
                         layer
                     };
-                    compare(&what(label), make, &x, &weights, mode);
+                    compare(&what(label), make, x, &weights, mode, then);
                 }
                 let bn_values = values(10, &device);
                 let make = || {
@@ -412,7 +526,7 @@ fn normalisation_layers_equal_the_composed_path() {
                     set_bn(&mut layer, bn_values.clone());
                     layer
                 };
-                compare(&what("batch norm"), make, &x, &weights, mode);
+                compare(&what("batch norm"), make, x, &weights, mode, then);
             }
         }
     }

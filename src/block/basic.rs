@@ -3,12 +3,11 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::{Downsample, IbnMode, check_positive, conv, finish_residual, first_norm, post_norm};
+use super::{Downsample, IbnMode, Residual, check_positive, conv, first_norm, post_norm};
 use crate::error::Result;
-use crate::kernel::conv2d_module;
+use crate::kernel::{Epilogue, conv2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, InstanceNorm2d, Norm2d};
 
 /// Configuration of a [`BasicBlock`].
@@ -77,8 +76,14 @@ impl BasicBlock {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, planes, ceil(H / stride), ceil(W / stride)]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(conv2d_module(&self.conv1, input.clone())));
-        let out = self.bn2.forward(conv2d_module(&self.conv2, out));
-        finish_residual(out, input, &self.downsample, &self.post_in)
+        let out = conv2d_module(&self.conv1, input.clone());
+        let out = self.bn1.forward_with(out, Epilogue::relu());
+        let out = conv2d_module(&self.conv2, out);
+        let residual = Residual {
+            se: None,
+            downsample: self.downsample.as_ref(),
+            post: self.post_in.as_ref(),
+        };
+        residual.finish(|x, e| self.bn2.forward_with(x, e), out, input)
     }
 }

@@ -3,15 +3,14 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::{
-    Downsample, IbnMode, SqueezeExcitation, SqueezeExcitationConfig, check_positive, conv,
-    finish_residual, first_norm, post_norm,
+    Downsample, IbnMode, Residual, SqueezeExcitation, SqueezeExcitationConfig, check_positive,
+    conv, first_norm, post_norm,
 };
 use crate::error::{IbnError, Result};
-use crate::kernel::conv2d_module;
+use crate::kernel::{Epilogue, conv2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, InstanceNorm2d, Norm2d};
 
 /// Output channels per `planes` of a bottleneck.
@@ -128,12 +127,16 @@ impl Bottleneck {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, 4 * planes, ceil(H / stride), ceil(W / stride)]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(conv2d_module(&self.conv1, input.clone())));
-        let out = relu(self.bn2.forward(conv2d_module(&self.conv2, out)));
-        let mut out = self.bn3.forward(conv2d_module(&self.conv3, out));
-        if let Some(se) = &self.se {
-            out = se.forward(out);
-        }
-        finish_residual(out, input, &self.downsample, &self.post_in)
+        let out = conv2d_module(&self.conv1, input.clone());
+        let out = self.bn1.forward_with(out, Epilogue::relu());
+        let out = conv2d_module(&self.conv2, out);
+        let out = self.bn2.forward_with(out, Epilogue::relu());
+        let out = conv2d_module(&self.conv3, out);
+        let residual = Residual {
+            se: self.se.as_ref(),
+            downsample: self.downsample.as_ref(),
+            post: self.post_in.as_ref(),
+        };
+        residual.finish(|x, e| self.bn3.forward_with(x, e), out, input)
     }
 }

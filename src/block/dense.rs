@@ -4,12 +4,11 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::{check_positive, conv};
 use crate::error::Result;
-use crate::kernel::conv2d_module;
+use crate::kernel::{Epilogue, conv2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, IbnConfig, Norm2d};
 
 /// Configuration of a [`DenseLayer`].
@@ -76,8 +75,11 @@ impl DenseLayer {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, growth_rate, H, W]` (the new features only)
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = conv2d_module(&self.conv1, relu(self.norm1.forward(input)));
-        conv2d_module(&self.conv2, relu(self.norm2.forward(out)))
+        let out = conv2d_module(
+            &self.conv1,
+            self.norm1.forward_with(input, Epilogue::relu()),
+        );
+        conv2d_module(&self.conv2, self.norm2.forward_with(out, Epilogue::relu()))
     }
 }
 
@@ -193,7 +195,7 @@ impl Transition {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H / 2, W / 2]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.pool
-            .forward(conv2d_module(&self.conv, relu(self.norm.forward(input))))
+        let out = self.norm.forward_with(input, Epilogue::relu());
+        self.pool.forward(conv2d_module(&self.conv, out))
     }
 }

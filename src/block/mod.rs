@@ -25,7 +25,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IbnError, Result};
-use crate::kernel::conv2d_module;
+use crate::kernel::{Epilogue, conv2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, IbnConfig, InstanceNorm2d, Norm2d};
 
 /// Which IBN variant a residual block uses.
@@ -124,20 +124,43 @@ impl Downsample {
     }
 }
 
-/// Adds the shortcut, applies the IBN-b instance norm if any, then ReLU.
-pub(crate) fn finish_residual(
-    out: Tensor<4>,
-    identity: Tensor<4>,
-    downsample: &Option<Downsample>,
-    post: &Option<InstanceNorm2d>,
-) -> Tensor<4> {
-    let shortcut = match downsample {
-        Some(d) => d.forward(identity),
-        None => identity,
-    };
-    let mut out = out + shortcut;
-    if let Some(norm) = post {
-        out = norm.forward(out);
+/// The end of a residual block after its last convolution:
+/// `relu(post(se(norm(out)) + shortcut(identity)))`, each part where the block has it.
+pub(crate) struct Residual<'a> {
+    /// Squeeze-excitation after the last norm.
+    pub se: Option<&'a SqueezeExcitation>,
+    /// Projection shortcut (identity shortcut without it).
+    pub downsample: Option<&'a Downsample>,
+    /// IBN-b instance norm on the sum.
+    pub post: Option<&'a InstanceNorm2d>,
+}
+
+impl Residual<'_> {
+    /// Finishes the block: `out` is the last convolution's output, `identity` the block's
+    /// input, `norm` the last norm's `forward_with`. Without squeeze-excitation or IBN-b
+    /// instance norm, the addition and ReLU run inside that norm's pass; otherwise the ReLU
+    /// runs inside the instance norm's.
+    pub fn finish(
+        &self,
+        norm: impl Fn(Tensor<4>, Epilogue) -> Tensor<4>,
+        out: Tensor<4>,
+        identity: Tensor<4>,
+    ) -> Tensor<4> {
+        let shortcut = match self.downsample {
+            Some(d) => d.forward(identity),
+            None => identity,
+        };
+        if self.se.is_none() && self.post.is_none() {
+            return norm(out, Epilogue::add_relu(shortcut));
+        }
+        let mut out = norm(out, Epilogue::default());
+        if let Some(se) = self.se {
+            out = se.forward(out);
+        }
+        let out = out + shortcut;
+        match self.post {
+            Some(post) => post.forward_with(out, Epilogue::relu()),
+            None => burn::tensor::activation::relu(out),
+        }
     }
-    burn::tensor::activation::relu(out)
 }

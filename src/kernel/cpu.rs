@@ -63,7 +63,46 @@ fn affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) {
     }
 }
 
-/// Forward of `plane_norm` on a contiguous `[N, C, H, W]` buffer.
+/// ReLU that keeps NaN (as PyTorch and burn do).
+#[inline]
+fn relu(v: f32) -> f32 {
+    if v > 0.0 || v.is_nan() { v } else { 0.0 }
+}
+
+/// `y = x * a + b`, plus `residual` if any, then ReLU with `relu`, over one plane; every value
+/// of `y` written.
+#[inline]
+fn affine_then(
+    x: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    (a, b): (f32, f32),
+    residual: Option<&[f32]>,
+    relu_after: bool,
+) {
+    // One loop per case, so that each vectorises.
+    match (residual, relu_after) {
+        (None, false) => affine(x, y, a, b),
+        (None, true) => {
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write(relu(x * a + b));
+            }
+        }
+        (Some(r), false) => {
+            for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
+                y.write(x * a + b + r);
+            }
+        }
+        (Some(r), true) => {
+            for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
+                y.write(relu(x * a + b + r));
+            }
+        }
+    }
+}
+
+/// Forward of `plane_norm` on a contiguous `[N, C, H, W]` buffer, with `residual` (the same
+/// layout) added and ReLU applied after the affine map when given.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn norm_forward(
     x: &[f32],
     [_, c, h, w]: [usize; 4],
@@ -71,8 +110,13 @@ pub(super) fn norm_forward(
     shift: &[f32],
     stats: Range<usize>,
     epsilon: f32,
+    residual: Option<&[f32]>,
+    relu: bool,
 ) -> Vec<f32> {
     use rayon::prelude::*;
+    if let Some(r) = residual {
+        assert_eq!(r.len(), x.len(), "residual and input lengths");
+    }
     let hw = h * w;
     if hw == 0 {
         return vec![0.0; x.len()];
@@ -90,7 +134,8 @@ pub(super) fn norm_forward(
             } else {
                 (scale[ch], shift[ch])
             };
-            affine(x, y, a, b);
+            let residual = residual.map(|r| &r[p * hw..(p + 1) * hw]);
+            affine_then(x, y, (a, b), residual, relu);
         });
     // SAFETY: `out` and `x` have the same length, a whole number of planes of `hw` values, and
     // the loop above wrote every value of every plane.
@@ -300,25 +345,28 @@ mod backends {
         }
     }
 
+    /// `plane_norm` (no `residual`) and `plane_norm_add`.
+    #[allow(clippy::too_many_arguments)]
     pub(in super::super) fn plane_norm<B: CpuAccess>(
         x: FloatTensor<B>,
+        residual: Option<FloatTensor<B>>,
         scale: FloatTensor<B>,
         shift: FloatTensor<B>,
         stat_start: usize,
         stat_end: usize,
         epsilon: f32,
+        relu: bool,
     ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
         let (scale, shift) = (read::<B>(scale), read::<B>(shift));
-        let out = B::with_f32(x, |x| {
-            super::norm_forward(
-                x,
-                dims4(&shape),
-                &scale,
-                &shift,
-                stat_start..stat_end,
-                epsilon,
-            )
+        let norm = |x: &[f32], residual: Option<&[f32]>| {
+            let stats = stat_start..stat_end;
+            let dims = dims4(&shape);
+            super::norm_forward(x, dims, &scale, &shift, stats, epsilon, residual, relu)
+        };
+        let out = B::with_f32(x, |x| match residual {
+            Some(r) => B::with_f32(r, |r| norm(x, Some(r))),
+            None => norm(x, None),
         });
         write::<B>(out, shape, dtype, &device)
     }
@@ -389,8 +437,24 @@ mod backends {
                     stat_start: usize,
                     stat_end: usize,
                     epsilon: f32,
+                    relu: bool,
                 ) -> FloatTensor<Self> {
-                    plane_norm::<Self>(x, scale, shift, stat_start, stat_end, epsilon)
+                    let (start, end) = (stat_start, stat_end);
+                    plane_norm::<Self>(x, None, scale, shift, start, end, epsilon, relu)
+                }
+
+                fn plane_norm_add(
+                    x: FloatTensor<Self>,
+                    residual: FloatTensor<Self>,
+                    scale: FloatTensor<Self>,
+                    shift: FloatTensor<Self>,
+                    stat_start: usize,
+                    stat_end: usize,
+                    epsilon: f32,
+                    relu: bool,
+                ) -> FloatTensor<Self> {
+                    let (start, end, r) = (stat_start, stat_end, Some(residual));
+                    plane_norm::<Self>(x, r, scale, shift, start, end, epsilon, relu)
                 }
 
                 fn plane_norm_backward(

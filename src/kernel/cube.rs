@@ -103,6 +103,40 @@ fn plane_norm_stats<F: Float>(
     (mu, r)
 }
 
+/// `(a, b)` such that `x * a + b` is the output of `plane_norm` on the plane of channel `c` at
+/// `base`: normalised with its own statistics inside `stat_start..stat_end`, the affine map
+/// only outside.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn plane_affine<F: Float>(
+    x: &Tensor<F>,
+    scale: &Tensor<F>,
+    shift: &Tensor<F>,
+    acc: &mut Shared<[F]>,
+    c: usize,
+    base: usize,
+    len: usize,
+    stat_start: u32,
+    stat_end: u32,
+    epsilon: f32,
+) -> (F, F) {
+    let stat = c >= stat_start as usize && c < stat_end as usize;
+    let (mu, r) = plane_norm_stats::<F>(x, acc, base, len, stat, epsilon);
+    // y = (x - mu) * r * scale + shift = x * a + b
+    let a = scale[c] * r;
+    (a, shift[c] - mu * a)
+}
+
+/// ReLU when `relu` (NaN stays NaN), else `v`.
+#[cube]
+fn activate<F: Float>(v: F, #[comptime] relu: bool) -> F {
+    let mut out = v;
+    if relu {
+        out = select(v < F::new(0.0_f32), F::new(0.0_f32), v);
+    }
+    out
+}
+
 #[cube(launch)]
 fn plane_norm_kernel<F: Float>(
     x: &Tensor<F>,
@@ -114,22 +148,51 @@ fn plane_norm_kernel<F: Float>(
     stat_end: u32,
     epsilon: f32,
     #[comptime] units: usize,
+    #[comptime] relu: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let c = CUBE_POS_X as usize;
     let len = plane_len as usize;
     let base = (CUBE_POS_Y as usize * CUBE_COUNT_X as usize + c) * len;
-    let stat = c >= stat_start as usize && c < stat_end as usize;
     let mut acc = Shared::new_slice(units);
-    let (mu, r) = plane_norm_stats::<F>(x, &mut acc, base, len, stat, epsilon);
-
-    // y = (x - mu) * r * scale + shift = x * a + b
-    let a = scale[c] * r;
-    let b = shift[c] - mu * a;
+    let (a, b) = plane_affine::<F>(
+        x, scale, shift, &mut acc, c, base, len, stat_start, stat_end, epsilon,
+    );
     let step = CUBE_DIM_X as usize;
     let mut i = UNIT_POS_X as usize;
     while i < len {
-        out[base + i] = x[base + i] * a + b;
+        out[base + i] = activate::<F>(x[base + i] * a + b, relu);
+        i += step;
+    }
+}
+
+/// `plane_norm_kernel` with `residual` added before the activation.
+#[cube(launch)]
+fn plane_norm_add_kernel<F: Float>(
+    x: &Tensor<F>,
+    residual: &Tensor<F>,
+    scale: &Tensor<F>,
+    shift: &Tensor<F>,
+    out: &mut Tensor<F>,
+    plane_len: u32,
+    stat_start: u32,
+    stat_end: u32,
+    epsilon: f32,
+    #[comptime] units: usize,
+    #[comptime] relu: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let c = CUBE_POS_X as usize;
+    let len = plane_len as usize;
+    let base = (CUBE_POS_Y as usize * CUBE_COUNT_X as usize + c) * len;
+    let mut acc = Shared::new_slice(units);
+    let (a, b) = plane_affine::<F>(
+        x, scale, shift, &mut acc, c, base, len, stat_start, stat_end, epsilon,
+    );
+    let step = CUBE_DIM_X as usize;
+    let mut i = UNIT_POS_X as usize;
+    while i < len {
+        out[base + i] = activate::<F>(x[base + i] * a + b + residual[base + i], relu);
         i += step;
     }
 }
@@ -264,6 +327,7 @@ impl NormKernels for CubeBackend {
         stat_start: usize,
         stat_end: usize,
         epsilon: f32,
+        relu: bool,
     ) -> FloatTensor<Self> {
         let dims = dims4(&x.shape());
         let (x, scale, shift) = (
@@ -290,6 +354,50 @@ impl NormKernels for CubeBackend {
             stat_end as u32,
             epsilon,
             units,
+            relu,
+            dtype,
+        );
+        out
+    }
+
+    fn plane_norm_add(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let dims = dims4(&x.shape());
+        let (x, residual, scale, shift) = (
+            into_contiguous(x),
+            into_contiguous(residual),
+            into_contiguous(scale),
+            into_contiguous(shift),
+        );
+        let out = empty_like(&x, x.shape());
+        if out.shape().num_elements() == 0 {
+            return out;
+        }
+        let (count, dim, units) = grid(&x.client, dims);
+        let dtype = dtype_to_storage_type(x.dtype);
+        plane_norm_add_kernel::launch(
+            &x.client.clone(),
+            count,
+            dim,
+            x.into_tensor_arg(),
+            residual.into_tensor_arg(),
+            scale.into_tensor_arg(),
+            shift.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            (dims[2] * dims[3]) as u32,
+            stat_start as u32,
+            stat_end as u32,
+            epsilon,
+            units,
+            relu,
             dtype,
         );
         out

@@ -15,13 +15,40 @@ use {
     burn::tensor::Shape, burn::tensor::ops::ConvOptions,
 };
 
+/// What the backward pass of `plane_norm` / `plane_norm_add` keeps: `(x, scale, stat_start,
+/// stat_end, epsilon, output)`, the output only when ReLU was applied (its mask).
+type NormState<B> = (
+    NodeId,
+    FloatTensor<B>,
+    usize,
+    usize,
+    f32,
+    Option<FloatTensor<B>>,
+);
+
+/// The gradients of a normalisation pass: `(dx, dresidual, dscale, dshift)`, where
+/// `dresidual` is the output gradient after ReLU's mask.
+fn norm_grads<B: Backend + NormKernels>(
+    state: NormState<B>,
+    grad: FloatTensor<B>,
+    checkpointer: &mut Checkpointer,
+) -> [FloatTensor<B>; 4] {
+    let (x_state, scale, start, end, epsilon, output) = state;
+    let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+    let grad = match output {
+        Some(output) => B::relu_backward(output, grad),
+        None => grad,
+    };
+    let (dx, dscale, dshift) = B::plane_norm_backward(x, grad.clone(), scale, start, end, epsilon);
+    [dx, grad, dscale, dshift]
+}
+
 /// Backward step of `plane_norm`: parents `[x, scale, shift]`.
 #[derive(Debug)]
 struct PlaneNormBackward;
 
 impl<B: Backend + NormKernels> Backward<B, 3> for PlaneNormBackward {
-    /// `(x, scale, stat_start, stat_end, epsilon)`.
-    type State = (NodeId, FloatTensor<B>, usize, usize, f32);
+    type State = NormState<B>;
 
     fn backward(
         self,
@@ -31,17 +58,34 @@ impl<B: Backend + NormKernels> Backward<B, 3> for PlaneNormBackward {
     ) {
         let [node_x, node_scale, node_shift] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, scale, start, end, epsilon) = ops.state;
-        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
-        let (dx, dscale, dshift) = B::plane_norm_backward(x, grad, scale, start, end, epsilon);
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, dx);
+        let [dx, _, dscale, dshift] = norm_grads::<B>(ops.state, grad, checkpointer);
+        for (node, grad) in [(node_x, dx), (node_scale, dscale), (node_shift, dshift)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
         }
-        if let Some(node) = node_scale {
-            grads.register::<B>(node.id, dscale);
-        }
-        if let Some(node) = node_shift {
-            grads.register::<B>(node.id, dshift);
+    }
+}
+
+/// Backward step of `plane_norm_add`: parents `[x, residual, scale, shift]`.
+#[derive(Debug)]
+struct PlaneNormAddBackward;
+
+impl<B: Backend + NormKernels> Backward<B, 4> for PlaneNormAddBackward {
+    type State = NormState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let all = norm_grads::<B>(ops.state, grad, checkpointer);
+        for (node, grad) in ops.parents.into_iter().zip(all) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
@@ -79,6 +123,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         stat_start: usize,
         stat_end: usize,
         epsilon: f32,
+        relu: bool,
     ) -> FloatTensor<Self> {
         match PlaneNormBackward
             .prepare::<C>([x.node(), scale.node(), shift.node()])
@@ -95,8 +140,11 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
                     stat_start,
                     stat_end,
                     epsilon,
+                    relu,
                 );
-                prep.finish((x_state, scale, stat_start, stat_end, epsilon), output)
+                let mask = relu.then(|| output.clone());
+                let state = (x_state, scale, stat_start, stat_end, epsilon, mask);
+                prep.finish(state, output)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::plane_norm(
                 x.into_primitive(),
@@ -105,6 +153,52 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
                 stat_start,
                 stat_end,
                 epsilon,
+                relu,
+            )),
+        }
+    }
+
+    fn plane_norm_add(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        match PlaneNormAddBackward
+            .prepare::<C>([x.node(), residual.node(), scale.node(), shift.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let scale = scale.into_primitive();
+                let output = B::plane_norm_add(
+                    x.into_primitive(),
+                    residual.into_primitive(),
+                    scale.clone(),
+                    shift.into_primitive(),
+                    stat_start,
+                    stat_end,
+                    epsilon,
+                    relu,
+                );
+                let mask = relu.then(|| output.clone());
+                let state = (x_state, scale, stat_start, stat_end, epsilon, mask);
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::plane_norm_add(
+                x.into_primitive(),
+                residual.into_primitive(),
+                scale.into_primitive(),
+                shift.into_primitive(),
+                stat_start,
+                stat_end,
+                epsilon,
+                relu,
             )),
         }
     }

@@ -85,6 +85,7 @@ pub use cube::cube_launches;
 )]
 pub trait NormKernels: Backend {
     /// See [`plane_norm`]. `x`: `[N, C, H, W]` contiguous or not; `scale`, `shift`: `[C]`.
+    /// With `relu`, ReLU is applied to the output before it is written.
     #[fusion(dtype = x, shape = x)]
     fn plane_norm(
         x: FloatTensor<Self>,
@@ -93,6 +94,22 @@ pub trait NormKernels: Backend {
         stat_start: usize,
         stat_end: usize,
         epsilon: f32,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// [`plane_norm`](NormKernels::plane_norm) with `residual` (`[N, C, H, W]`, the shape of
+    /// `x`) added to the output, then ReLU with `relu`: see [`plane_norm_with`].
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = x, shape = x)]
+    fn plane_norm_add(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        relu: bool,
     ) -> FloatTensor<Self>;
 
     /// Gradients of [`plane_norm`] given the output gradient `grad` (`[N, C, H, W]`):
@@ -153,7 +170,8 @@ fn backward_meta(
 /// - channels in `stats`: `y = (x - mean) / sqrt(var + epsilon) * scale[c] + shift[c]`;
 /// - other channels: `y = x * scale[c] + shift[c]`.
 ///
-/// Differentiable with respect to `x`, `scale` and `shift` on autodiff devices.
+/// Differentiable with respect to `x`, `scale` and `shift` on autodiff devices. See
+/// [`plane_norm_with`] for the same pass followed by a residual addition and ReLU.
 ///
 /// # Shapes
 /// - `x`: `[N, C, H, W]`; `scale`, `shift`: `[C]`
@@ -168,15 +186,111 @@ pub fn plane_norm(
     stats: Range<usize>,
     epsilon: f64,
 ) -> Tensor<4> {
+    plane_norm_with(x, scale, shift, stats, epsilon, Epilogue::default())
+}
+
+/// What a normalisation pass does to each value after the per-channel affine map and before
+/// writing it: add the matching value of `residual`, if any, then apply ReLU if `relu`.
+///
+/// Residual blocks end with `relu(norm(x) + shortcut)` and most norms are followed by
+/// ReLU: done inside the kernel, that saves one or two passes over the activations and
+/// their intermediate tensors.
+#[derive(Clone, Debug, Default)]
+pub struct Epilogue {
+    /// Added to the output; `[N, C, H, W]`, the shape of the input.
+    pub residual: Option<Tensor<4>>,
+    /// ReLU last (`max(y, 0)`; NaN stays NaN, as in PyTorch).
+    pub relu: bool,
+}
+
+impl Epilogue {
+    /// ReLU only.
+    pub fn relu() -> Self {
+        Self {
+            residual: None,
+            relu: true,
+        }
+    }
+
+    /// Adds `residual`, then ReLU: the end of a residual block.
+    pub fn add_relu(residual: Tensor<4>) -> Self {
+        Self {
+            residual: Some(residual),
+            relu: true,
+        }
+    }
+
+    /// Whether the epilogue leaves the values as they are.
+    pub fn is_identity(&self) -> bool {
+        self.residual.is_none() && !self.relu
+    }
+
+    /// Applies the epilogue to `y` `[N, C, H, W]` with generic tensor operations.
+    ///
+    /// # Panics
+    /// When the residual's shape differs from `y`'s.
+    pub fn apply(self, y: Tensor<4>) -> Tensor<4> {
+        let y = match self.residual {
+            Some(residual) => {
+                check_residual(&y, &residual);
+                y + residual
+            }
+            None => y,
+        };
+        if self.relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    }
+}
+
+/// [`plane_norm`] followed by `epilogue` in the same pass: `y = relu(norm(x) + residual)`,
+/// each part as the epilogue asks.
+///
+/// Differentiable with respect to `x`, `scale`, `shift` and the residual on autodiff devices.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]`; `scale`, `shift`: `[C]`; the residual: `[N, C, H, W]`
+/// - output: `[N, C, H, W]`
+///
+/// # Panics
+/// As [`plane_norm`], and when the residual's shape differs from `x`'s.
+pub fn plane_norm_with(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    stats: Range<usize>,
+    epsilon: f64,
+    epilogue: Epilogue,
+) -> Tensor<4> {
     check_plane_norm(&x, &scale, &shift, &stats);
-    Tensor::from_dispatch(<Dispatch as NormKernels>::plane_norm(
-        x.into_dispatch(),
-        scale.into_dispatch(),
-        shift.into_dispatch(),
-        stats.start,
-        stats.end,
-        epsilon as f32,
-    ))
+    let Epilogue { residual, relu } = epilogue;
+    let out = match residual {
+        None => <Dispatch as NormKernels>::plane_norm(
+            x.into_dispatch(),
+            scale.into_dispatch(),
+            shift.into_dispatch(),
+            stats.start,
+            stats.end,
+            epsilon as f32,
+            relu,
+        ),
+        Some(residual) => {
+            check_residual(&x, &residual);
+            <Dispatch as NormKernels>::plane_norm_add(
+                x.into_dispatch(),
+                residual.into_dispatch(),
+                scale.into_dispatch(),
+                shift.into_dispatch(),
+                stats.start,
+                stats.end,
+                epsilon as f32,
+                relu,
+            )
+        }
+    };
+    Tensor::from_dispatch(out)
 }
 
 /// Per-(sample, channel) mean and biased variance over `H x W` of the channels in
@@ -243,6 +357,22 @@ pub fn plane_norm_reference(
     Tensor::cat(parts, 1)
 }
 
+/// [`plane_norm_with`] from generic tensor operations: [`plane_norm_reference`], then
+/// [`Epilogue::apply`].
+///
+/// # Shapes
+/// As [`plane_norm_with`].
+pub fn plane_norm_with_reference(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    stats: Range<usize>,
+    epsilon: f64,
+    epilogue: Epilogue,
+) -> Tensor<4> {
+    epilogue.apply(plane_norm_reference(x, scale, shift, stats, epsilon))
+}
+
 /// [`plane_moments`] from generic tensor operations.
 ///
 /// # Shapes
@@ -284,6 +414,15 @@ fn check_plane_norm(x: &Tensor<4>, scale: &Tensor<1>, shift: &Tensor<1>, stats: 
         shift.dims()[0]
     );
     check_range("plane_norm", c, stats);
+}
+
+fn check_residual(x: &Tensor<4>, residual: &Tensor<4>) {
+    assert!(
+        residual.dims() == x.dims(),
+        "plane_norm: the residual's shape {:?} differs from the input's {:?}",
+        residual.dims(),
+        x.dims()
+    );
 }
 
 fn check_range(op: &str, channels: usize, range: &Range<usize>) {

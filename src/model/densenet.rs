@@ -5,7 +5,6 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::features::{
@@ -16,7 +15,7 @@ use crate::block::{
     DenseBlock, DenseBlockConfig, Transition, TransitionConfig, check_positive, conv,
 };
 use crate::error::{IbnError, Result};
-use crate::kernel::conv2d_module;
+use crate::kernel::{Epilogue, conv2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 
 /// Configuration of a [`DenseNetIbn`] (torchvision's DenseNet-BC with IBN-a).
@@ -175,7 +174,8 @@ impl DenseNetIbn {
     }
 
     fn stem(&self, input: Tensor<4>) -> Tensor<4> {
-        relu(self.norm0.forward(conv2d_module(&self.conv0, input)))
+        self.norm0
+            .forward_with(conv2d_module(&self.conv0, input), Epilogue::relu())
     }
 
     /// Runs dense blocks `0..=last`, returning the output of each (the last one through
@@ -189,7 +189,7 @@ impl DenseNetIbn {
             }
             x = block.forward(x);
             if i + 1 == self.blocks.len() {
-                x = relu(self.norm5.forward(x));
+                x = self.norm5.forward_with(x, Epilogue::relu());
             }
             outs.push(x.clone());
         }

@@ -5,7 +5,6 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +16,7 @@ use crate::block::{
     BasicBlock, BasicBlockConfig, Bottleneck, BottleneckConfig, IbnMode, check_positive, conv,
 };
 use crate::error::{IbnError, Result};
-use crate::kernel::conv2d_module;
+use crate::kernel::{Epilogue, conv2d_module};
 use crate::norm::{BatchNorm2dConfig, InstanceNorm2dConfig, Norm2d};
 
 /// Residual block type of a ResNet.
@@ -328,7 +327,8 @@ impl ResNetIbn {
     }
 
     fn stem(&self, input: Tensor<4>) -> Tensor<4> {
-        relu(self.bn1.forward(conv2d_module(&self.conv1, input)))
+        self.bn1
+            .forward_with(conv2d_module(&self.conv1, input), Epilogue::relu())
     }
 }
 

@@ -5,6 +5,8 @@ use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernel::{Epilogue, plane_norm_with};
+
 /// Configuration of a [`BatchNorm2d`].
 #[derive(Config, Debug)]
 pub struct BatchNorm2dConfig {
@@ -86,12 +88,23 @@ impl BatchNorm2d {
     /// - `input`: `[N, C, H, W]`
     /// - output: `[N, C, H, W]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        if self.folded {
+        self.forward_with(input, Epilogue::default())
+    }
+
+    /// [`forward`](Self::forward) followed by `epilogue` (residual addition, ReLU) in the same
+    /// pass ([`kernel::plane_norm_with`](crate::kernel::plane_norm_with)); a folded layer
+    /// applies only the epilogue.
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]`; the epilogue's residual: `[N, C, H, W]`
+    /// - output: `[N, C, H, W]`
+    pub fn forward_with(&self, input: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {
+        if self.folded && epilogue.is_identity() {
             return input;
         }
         let c = self.num_features();
         let (scale, shift) = self.transform_for(&input, 0..c);
-        crate::kernel::plane_norm(input, scale, shift, 0..0, self.epsilon)
+        plane_norm_with(input, scale, shift, 0..0, self.epsilon, epilogue)
     }
 
     /// The generic composed path (burn's `batch_norm` / `batch_norm_train`), the reference

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{BatchNorm2d, BatchNorm2dConfig, InstanceNorm2d, InstanceNorm2dConfig};
 use crate::error::{IbnError, Result};
+use crate::kernel::{Epilogue, plane_norm_with};
 
 /// Which section comes first along the channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +128,16 @@ impl Ibn {
     /// - `input`: `[N, C, H, W]` with `C = instance_channels + batch_channels`
     /// - output: `[N, C, H, W]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.forward_with(input, Epilogue::default())
+    }
+
+    /// [`forward`](Self::forward) followed by `epilogue` (residual addition, ReLU) in the same
+    /// pass ([`kernel::plane_norm_with`](crate::kernel::plane_norm_with)).
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]`; the epilogue's residual: `[N, C, H, W]`
+    /// - output: `[N, C, H, W]`
+    pub fn forward_with(&self, input: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {
         let (ci, cb) = (self.instance_channels(), self.batch_channels());
         let (in_start, bn_start) = if self.instance_first {
             (0, ci)
@@ -149,12 +160,13 @@ impl Ibn {
                 Tensor::cat(vec![bn_shift, in_shift], 0),
             )
         };
-        crate::kernel::plane_norm(
+        plane_norm_with(
             input,
             scale,
             shift,
             in_start..in_start + in_stats.len(),
             self.instance.epsilon,
+            epilogue,
         )
     }
 

@@ -7,6 +7,8 @@ use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernel::{Epilogue, plane_norm_with};
+
 /// Configuration of an [`InstanceNorm2d`]. Defaults follow PyTorch's `InstanceNorm2d`
 /// (`affine = false`, `track_running_stats = false`); IBN-Net uses affine instance norms
 /// without running statistics.
@@ -207,7 +209,17 @@ impl InstanceNorm2d {
     /// - `input`: `[N, C, H, W]` with `H * W > 1` when per-sample statistics are used
     /// - output: `[N, C, H, W]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.forward_with(input, Epilogue::default())
+    }
+
+    /// [`forward`](Self::forward) followed by `epilogue` (residual addition, ReLU) in the same
+    /// pass ([`kernel::plane_norm_with`](crate::kernel::plane_norm_with)).
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]`; the epilogue's residual: `[N, C, H, W]`
+    /// - output: `[N, C, H, W]`
+    pub fn forward_with(&self, input: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {
         let (scale, shift, stats) = self.plan_for(&input);
-        crate::kernel::plane_norm(input, scale, shift, stats, self.epsilon)
+        plane_norm_with(input, scale, shift, stats, self.epsilon, epilogue)
     }
 }

@@ -12,6 +12,8 @@ pub use instance::{InstanceNorm2d, InstanceNorm2dConfig};
 use burn::module::{Module, RunningState};
 use burn::tensor::Tensor;
 
+use crate::kernel::Epilogue;
+
 /// Per-channel `(scale, shift)` `[C]` such that
 /// `(x - mean) / sqrt(var + epsilon) * weight + bias = x * scale + shift`.
 pub(crate) fn normalising_affine(
@@ -76,10 +78,19 @@ impl Norm2d {
     /// - `input`: `[N, C, H, W]`
     /// - output: `[N, C, H, W]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.forward_with(input, Epilogue::default())
+    }
+
+    /// Normalises `input`, then applies `epilogue` (residual addition, ReLU) in the same pass.
+    ///
+    /// # Shapes
+    /// - `input`: `[N, C, H, W]`; the epilogue's residual: `[N, C, H, W]`
+    /// - output: `[N, C, H, W]`
+    pub fn forward_with(&self, input: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {
         match self {
-            Self::Batch(n) => n.forward(input),
-            Self::Instance(n) => n.forward(input),
-            Self::Ibn(n) => n.forward(input),
+            Self::Batch(n) => n.forward_with(input, epilogue),
+            Self::Instance(n) => n.forward_with(input, epilogue),
+            Self::Ibn(n) => n.forward_with(input, epilogue),
         }
     }
 
