@@ -117,6 +117,8 @@ pub(crate) fn conv2d_module(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub use cpu::ConvKernels;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(super) use cpu::on_cpu_backend;
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod cpu {
@@ -160,7 +162,7 @@ mod cpu {
 
     /// Whether `device` (or the device an autodiff device wraps) is a CPU backend with these
     /// kernels.
-    pub(super) fn on_cpu_backend(device: &Device) -> bool {
+    pub(in crate::kernel) fn on_cpu_backend(device: &Device) -> bool {
         #[allow(unreachable_patterns)]
         match device.clone().inner().as_dispatch() {
             #[cfg(feature = "flex")]

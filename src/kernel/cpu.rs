@@ -277,6 +277,8 @@ mod backends {
 
     use super::super::conv::ConvKernels;
     use super::super::im2col::{ConvGeometry, conv2d_backward, conv2d_forward};
+    use super::super::pool::cpu::PoolKernels;
+    use super::super::pool::{PoolGeometry, max_pool_planes};
     use super::super::{NormKernels, dims4, winograd};
 
     /// Read access to a CPU backend's tensors as contiguous `f32` values.
@@ -493,6 +495,48 @@ mod backends {
     cpu_kernels!(burn::backend::Flex);
     #[cfg(feature = "ndarray")]
     cpu_kernels!(burn::backend::NdArray);
+
+    pub(in super::super) fn max_pool2d_planes<B: CpuAccess>(
+        x: FloatTensor<B>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> FloatTensor<B> {
+        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
+        let [n, c, h, w] = dims4(&shape);
+        let g = PoolGeometry {
+            input: [h, w],
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        let [oh, ow] = g.output();
+        let out = B::with_f32(x, |x| max_pool_planes(x, n * c, &g));
+        write::<B>(out, Shape::new([n, c, oh, ow]), dtype, &device)
+    }
+
+    macro_rules! cpu_pool_kernels {
+        ($backend:ty) => {
+            impl PoolKernels for $backend {
+                fn max_pool2d_planes(
+                    x: FloatTensor<Self>,
+                    kernel: [usize; 2],
+                    stride: [usize; 2],
+                    padding: [usize; 2],
+                    dilation: [usize; 2],
+                ) -> FloatTensor<Self> {
+                    max_pool2d_planes::<Self>(x, kernel, stride, padding, dilation)
+                }
+            }
+        };
+    }
+
+    #[cfg(feature = "flex")]
+    cpu_pool_kernels!(burn::backend::Flex);
+    #[cfg(feature = "ndarray")]
+    cpu_pool_kernels!(burn::backend::NdArray);
 
     /// The geometry of a convolution of `x` by `weight`.
     fn conv_geometry(x: &Shape, weight: &Shape, options: &ConvOptions<2>) -> ConvGeometry {

@@ -59,6 +59,7 @@ mod cube;
 mod grad;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod im2col;
+mod pool;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod winograd;
 
@@ -66,6 +67,7 @@ mod winograd;
 pub use conv::ConvKernels;
 pub(crate) use conv::conv2d_module;
 pub use conv::{conv2d, set_winograd, winograd_enabled};
+pub(crate) use pool::max_pool2d_module;
 
 #[cfg(feature = "wgpu")]
 #[doc(hidden)]

@@ -15,7 +15,7 @@ use crate::block::{
     DenseBlock, DenseBlockConfig, Transition, TransitionConfig, check_positive, conv,
 };
 use crate::error::{IbnError, Result};
-use crate::kernel::{Epilogue, conv2d_module};
+use crate::kernel::{Epilogue, conv2d_module, max_pool2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 
 /// Configuration of a [`DenseNetIbn`] (torchvision's DenseNet-BC with IBN-a).
@@ -182,7 +182,7 @@ impl DenseNetIbn {
     /// `norm5` and ReLU when it is the final block).
     fn run_blocks(&self, stem: Tensor<4>, last: usize) -> Vec<Tensor<4>> {
         let mut outs = Vec::with_capacity(last + 1);
-        let mut x = self.pool0.forward(stem);
+        let mut x = max_pool2d_module(&self.pool0, stem);
         for (i, block) in self.blocks.iter().enumerate().take(last + 1) {
             if i > 0 {
                 x = self.transitions[i - 1].forward(x);

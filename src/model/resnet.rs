@@ -16,7 +16,7 @@ use crate::block::{
     BasicBlock, BasicBlockConfig, Bottleneck, BottleneckConfig, IbnMode, check_positive, conv,
 };
 use crate::error::{IbnError, Result};
-use crate::kernel::{Epilogue, conv2d_module};
+use crate::kernel::{Epilogue, conv2d_module, max_pool2d_module};
 use crate::norm::{BatchNorm2dConfig, InstanceNorm2dConfig, Norm2d};
 
 /// Residual block type of a ResNet.
@@ -334,7 +334,7 @@ impl ResNetIbn {
 
 impl Backbone for ResNetIbn {
     fn forward_features(&self, input: Tensor<4>) -> Tensor<4> {
-        let mut x = self.maxpool.forward(self.stem(input));
+        let mut x = max_pool2d_module(&self.maxpool, self.stem(input));
         for stage in &self.layers {
             for block in stage {
                 x = block.forward(x);
@@ -352,7 +352,7 @@ impl Backbone for ResNetIbn {
         let mut maps = Vec::with_capacity(deepest + 1);
         let stem = self.stem(input);
         maps.push(stem.clone());
-        let mut x = self.maxpool.forward(stem);
+        let mut x = max_pool2d_module(&self.maxpool, stem);
         for stage in self.layers.iter().take(deepest) {
             for block in stage {
                 x = block.forward(x);
