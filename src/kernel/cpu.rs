@@ -5,12 +5,13 @@ use core::mem::MaybeUninit;
 use core::ops::Range;
 
 use super::buffer::{assume_init, uninit};
+use super::simd::multiversion;
 
 /// Lanes of the `f64` accumulators: independent partial sums so the loops vectorise.
 const LANES: usize = 8;
 
 /// `sum(f(v))` over `values`, accumulated in `f64`.
-#[inline]
+#[inline(always)]
 fn sum_f64(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
     let chunks = values.chunks_exact(LANES);
@@ -25,7 +26,7 @@ fn sum_f64(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 }
 
 /// `sum(f(a, b))` over pairs of `a` and `b`, accumulated in `f64`.
-#[inline]
+#[inline(always)]
 fn sum2_f64(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -44,7 +45,7 @@ fn sum2_f64(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
 }
 
 /// Mean and biased variance of one plane (two passes).
-#[inline]
+#[inline(always)]
 fn mean_var(plane: &[f32]) -> (f64, f64) {
     let m = plane.len() as f64;
     let mean = sum_f64(plane, |v| v as f64) / m;
@@ -56,7 +57,7 @@ fn mean_var(plane: &[f32]) -> (f64, f64) {
 }
 
 /// `y = x * a + b` over one plane, every value of `y` written.
-#[inline]
+#[inline(always)]
 fn affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) {
     for (y, &x) in y.iter_mut().zip(x) {
         y.write(x * a + b);
@@ -64,14 +65,14 @@ fn affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) {
 }
 
 /// ReLU that keeps NaN (as PyTorch and burn do).
-#[inline]
+#[inline(always)]
 fn relu(v: f32) -> f32 {
     if v > 0.0 || v.is_nan() { v } else { 0.0 }
 }
 
 /// `y = x * a + b`, plus `residual` if any, then ReLU with `relu`, over one plane; every value
 /// of `y` written.
-#[inline]
+#[inline(always)]
 fn affine_then(
     x: &[f32],
     y: &mut [MaybeUninit<f32>],
@@ -98,6 +99,97 @@ fn affine_then(
             }
         }
     }
+}
+
+/// One plane of [`norm_forward`]: normalised with its own statistics when `stat`, then
+/// `* scale + shift` (`affine`), the residual added and ReLU applied as asked.
+#[inline(always)]
+fn norm_plane_body(
+    x: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    stat: bool,
+    [scale, shift]: [f32; 2],
+    epsilon: f32,
+    residual: Option<&[f32]>,
+    relu: bool,
+) {
+    let (a, b) = if stat {
+        let (mean, var) = mean_var(x);
+        let a = scale as f64 / (var + epsilon as f64).sqrt();
+        (a as f32, (shift as f64 - mean * a) as f32)
+    } else {
+        (scale, shift)
+    };
+    affine_then(x, y, (a, b), residual, relu);
+}
+
+multiversion! {
+    fn norm_plane(
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        stat: bool,
+        affine: [f32; 2],
+        epsilon: f32,
+        residual: Option<&[f32]>,
+        relu: bool,
+    ) => norm_plane_body
+}
+
+/// One plane of [`norm_backward`]: writes `dx` and returns `(sum(g * xhat), sum(g))`.
+#[inline(always)]
+fn norm_backward_plane_body(
+    x: &[f32],
+    g: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    stat: bool,
+    scale: f32,
+    epsilon: f32,
+) -> (f64, f64) {
+    let m = x.len() as f64;
+    // xhat = (x - mu) * r: the normalised input, or x itself without statistics.
+    let (mu, r) = if stat {
+        let (mean, var) = mean_var(x);
+        (mean, 1.0 / (var + epsilon as f64).sqrt())
+    } else {
+        (0.0, 1.0)
+    };
+    let sum_g = sum_f64(g, |v| v as f64);
+    let sum_gx = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mu)) * r;
+    let k = scale as f64 * r;
+    if !stat {
+        // dx = scale * g
+        affine(g, dx, k as f32, 0.0);
+        return (sum_gx, sum_g);
+    }
+    // dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))
+    let b = (-k * sum_g / m) as f32;
+    let cx = (-k * sum_gx * r / m) as f32;
+    let (a, mu) = (k as f32, mu as f32);
+    for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+        dx.write(g * a + (x - mu) * cx + b);
+    }
+    (sum_gx, sum_g)
+}
+
+multiversion! {
+    fn norm_backward_plane(
+        x: &[f32],
+        g: &[f32],
+        dx: &mut [MaybeUninit<f32>],
+        stat: bool,
+        scale: f32,
+        epsilon: f32,
+    ) -> (f64, f64) => norm_backward_plane_body
+}
+
+multiversion! {
+    /// [`mean_var`] compiled for the CPU's vector instructions.
+    fn plane_mean_var(plane: &[f32]) -> (f64, f64) => mean_var
+}
+
+multiversion! {
+    /// [`affine`] compiled for the CPU's vector instructions.
+    fn plane_affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) => affine
 }
 
 /// Forward of `plane_norm` on a contiguous `[N, C, H, W]` buffer, with `residual` (the same
@@ -127,15 +219,9 @@ pub(super) fn norm_forward(
         .enumerate()
         .for_each(|(p, (y, x))| {
             let ch = p % c;
-            let (a, b) = if stats.contains(&ch) {
-                let (mean, var) = mean_var(x);
-                let a = scale[ch] as f64 / (var + epsilon as f64).sqrt();
-                (a as f32, (shift[ch] as f64 - mean * a) as f32)
-            } else {
-                (scale[ch], shift[ch])
-            };
             let residual = residual.map(|r| &r[p * hw..(p + 1) * hw]);
-            affine_then(x, y, (a, b), residual, relu);
+            let (stat, affine) = (stats.contains(&ch), [scale[ch], shift[ch]]);
+            norm_plane(x, y, stat, affine, epsilon, residual, relu);
         });
     // SAFETY: `out` and `x` have the same length, a whole number of planes of `hw` values, and
     // the loop above wrote every value of every plane.
@@ -162,31 +248,8 @@ pub(super) fn norm_backward(
             .enumerate()
             .for_each(|(p, ((dx, (x, g)), sums))| {
                 let ch = p % c;
-                let m = hw as f64;
-                // xhat = (x - mu) * r: the normalised input, or x itself without statistics.
                 let stat = stats.contains(&ch);
-                let (mu, r) = if stat {
-                    let (mean, var) = mean_var(x);
-                    (mean, 1.0 / (var + epsilon as f64).sqrt())
-                } else {
-                    (0.0, 1.0)
-                };
-                let sum_g = sum_f64(g, |v| v as f64);
-                let sum_gx = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mu)) * r;
-                *sums = (sum_gx, sum_g);
-                let k = scale[ch] as f64 * r;
-                if !stat {
-                    // dx = scale * g
-                    affine(g, dx, k as f32, 0.0);
-                    return;
-                }
-                // dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))
-                let b = (-k * sum_g / m) as f32;
-                let cx = (-k * sum_gx * r / m) as f32;
-                let (a, mu) = (k as f32, mu as f32);
-                for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                    dx.write(g * a + (x - mu) * cx + b);
-                }
+                *sums = norm_backward_plane(x, g, dx, stat, scale[ch], epsilon);
             });
     }
     // SAFETY: `dx`, `x` and `grad` have the same length, a whole number of planes of `hw`
@@ -219,7 +282,7 @@ pub(super) fn moments(x: &[f32], [n, c, h, w]: [usize; 4], channels: Range<usize
             }
             let (i, ch) = (p / k, channels.start + p % k);
             let start = (i * c + ch) * hw;
-            mean_var(&x[start..start + hw])
+            plane_mean_var(&x[start..start + hw])
         })
         .collect();
     let mut out = vec![0.0f32; 2 * planes];
@@ -261,7 +324,7 @@ pub(super) fn moments_backward(
             let (g_mean, g_var) = (grad[p], grad[planes + p]);
             // dx = g_mean / M + g_var * 2 (x - mean) / M
             let a = 2.0 * g_var / m;
-            affine(x, dx, a, g_mean / m - a * mean);
+            plane_affine(x, dx, a, g_mean / m - a * mean);
         });
     // SAFETY: `dx` and `x` have the same length, a whole number of planes of `hw` values, and
     // every plane is either filled with zeros or written by `affine`.

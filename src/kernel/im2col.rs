@@ -22,6 +22,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::buffer::{assume_init, assume_init_mut, uninit};
+use super::simd::multiversion;
 
 /// Geometry of one 2-d convolution (padding at the start of each axis; the output size
 /// already accounts for the padding at the end).
@@ -317,7 +318,7 @@ struct Segment {
 /// Visits every row of the unfolded matrix of one input plane for the output rows `rows`:
 /// for kernel tap `t = (i, j)` and output row `oy`, calls `f(t, oy - rows.start, segment)`,
 /// `segment` being `None` when the whole row is padding.
-#[inline]
+#[inline(always)]
 fn for_each_segment(
     g: &ConvGeometry,
     rows: Range<usize>,
@@ -349,7 +350,8 @@ fn for_each_segment(
 
 /// Unfolds one input plane `[H, W]` into its `kh * kw` rows of `col`
 /// (`[kh * kw, out_rows.len() * OW]`) for the output rows `out_rows`.
-fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32], out_rows: Range<usize>) {
+#[inline(always)]
+fn im2col_plane_body(g: &ConvGeometry, plane: &[f32], rows: &mut [f32], out_rows: Range<usize>) {
     let ow = g.out[1];
     let n = out_rows.len() * ow;
     let sw = g.stride[1];
@@ -374,7 +376,8 @@ fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32], out_rows: Ran
 
 /// Adds the `kh * kw` rows of `dcol` belonging to one input plane (for the output rows
 /// `out_rows`) onto `plane`.
-fn col2im_plane(g: &ConvGeometry, rows: &[f32], plane: &mut [f32], out_rows: Range<usize>) {
+#[inline(always)]
+fn col2im_plane_body(g: &ConvGeometry, rows: &[f32], plane: &mut [f32], out_rows: Range<usize>) {
     let ow = g.out[1];
     let n = out_rows.len() * ow;
     let sw = g.stride[1];
@@ -394,6 +397,16 @@ fn col2im_plane(g: &ConvGeometry, rows: &[f32], plane: &mut [f32], out_rows: Ran
             }
         }
     });
+}
+
+multiversion! {
+    fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32], out_rows: Range<usize>)
+        => im2col_plane_body
+}
+
+multiversion! {
+    fn col2im_plane(g: &ConvGeometry, rows: &[f32], plane: &mut [f32], out_rows: Range<usize>)
+        => col2im_plane_body
 }
 
 /// Unfolds one sample `[C_in, H, W]` into `col` `[C_in * kh * kw, out_rows.len() * OW]` for

@@ -61,6 +61,8 @@ mod grad;
 mod im2col;
 mod pool;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
+mod simd;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 mod winograd;
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
@@ -68,6 +70,8 @@ pub use conv::ConvKernels;
 pub(crate) use conv::conv2d_module;
 pub use conv::{conv2d, set_winograd, winograd_enabled};
 pub(crate) use pool::max_pool2d_module;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub use simd::{SimdLevel, set_max_simd, simd_level};
 
 #[cfg(feature = "wgpu")]
 #[doc(hidden)]

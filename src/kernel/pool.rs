@@ -83,8 +83,8 @@ pub(super) mod cpu {
     }
 }
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
 /// Geometry of one max pooling, per axis `[height, width]`.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PoolGeometry {
     pub input: [usize; 2],
@@ -105,8 +105,8 @@ impl PoolGeometry {
     }
 }
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
 /// The larger of `a` and `b`, NaN if either is (NaN wins, as in burn and PyTorch).
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 #[inline(always)]
 fn max_nan(a: f32, b: f32) -> f32 {
     if b > a || b.is_nan() { b } else { a }
@@ -130,19 +130,39 @@ pub(super) fn max_pool_planes(x: &[f32], planes: usize, g: &PoolGeometry) -> Vec
         .zip(x.par_chunks(h * w))
         .for_each_init(
             || vec![0.0f32; h * ow],
-            |rows, (out, plane)| {
-                pool_rows(plane, rows, g);
-                pool_columns(rows, out, g);
-            },
+            |rows, (out, plane)| pool_plane(plane, rows, out, g),
         );
     // SAFETY: `out` holds `planes` planes of `OH * OW` values, `x` as many of `H * W`
     // (checked by the caller), and `pool_columns` writes every value of each.
     unsafe { assume_init(out) }
 }
 
+/// One plane: `plane` `[H, W]` pooled into `out` `[OH, OW]` through `rows` `[H, OW]`.
 #[cfg(any(feature = "flex", feature = "ndarray"))]
+#[inline(always)]
+fn pool_plane_body(
+    plane: &[f32],
+    rows: &mut [f32],
+    out: &mut [core::mem::MaybeUninit<f32>],
+    g: &PoolGeometry,
+) {
+    pool_rows(plane, rows, g);
+    pool_columns(rows, out, g);
+}
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+super::simd::multiversion! {
+    fn pool_plane(
+        plane: &[f32],
+        rows: &mut [f32],
+        out: &mut [core::mem::MaybeUninit<f32>],
+        g: &PoolGeometry,
+    ) => pool_plane_body
+}
+
 /// `rows [H, OW]`: the maximum of every window along each input row of `plane` `[H, W]`
 /// (minus infinity where a window lies wholly in the padding).
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 #[inline(always)]
 fn pool_rows(plane: &[f32], rows: &mut [f32], g: &PoolGeometry) {
     let w = g.input[1];
@@ -178,8 +198,8 @@ fn pool_rows(plane: &[f32], rows: &mut [f32], g: &PoolGeometry) {
     }
 }
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
 /// `out [OH, OW]`: the maximum over each window's rows of `rows` `[H, OW]`.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 #[inline(always)]
 fn pool_columns(rows: &[f32], out: &mut [core::mem::MaybeUninit<f32>], g: &PoolGeometry) {
     let h = g.input[0];
@@ -214,7 +234,7 @@ mod tests {
 
     /// The values of `t` as bits, so that NaN compares equal to NaN.
     fn bits(t: Tensor<4>) -> Vec<u32> {
-        let v = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let v = t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
         v.into_iter()
             .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
             .collect()
@@ -300,7 +320,7 @@ mod tests {
                     "max_pool2d_module, {what}"
                 );
                 // A NaN in the first plane, a plane of equal values (ties) in the second.
-                let mut values = x.to_data().to_vec::<f32>().unwrap();
+                let mut values = x.to_data().try_to_vec::<f32>().unwrap();
                 let plane = input[0] * input[1];
                 values[plane / 2] = f32::NAN;
                 values[plane..2 * plane].fill(0.25);

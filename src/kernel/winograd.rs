@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use super::buffer::{assume_init, uninit};
 use super::conv::winograd_enabled;
 use super::im2col::{ConvGeometry, View, matmul, run_tasks, sample_runs};
+use super::simd::multiversion;
 
 /// Positions of a transformed tile.
 const XI: usize = 16;
@@ -158,26 +159,36 @@ fn each_chunk<T: Send>(
 fn transform_filters(g: &ConvGeometry, weight: &[f32], u: &mut [f32]) {
     let c_in = g.c_in;
     each_chunk(u, XI * c_in, true, |k, u| {
-        let w = &weight[k * 9 * c_in..(k + 1) * 9 * c_in];
-        for (ch, f) in w.chunks_exact(9).enumerate() {
-            // G f (4x3), one row per transformed row.
-            let mut gf = [[0.0f32; 3]; 4];
-            for j in 0..3 {
-                let (a, b, c) = (f[j], f[3 + j], f[6 + j]);
-                gf[0][j] = a;
-                gf[1][j] = 0.5 * (a + b + c);
-                gf[2][j] = 0.5 * (a - b + c);
-                gf[3][j] = c;
-            }
-            // (G f) G^T (4x4).
-            for (i, [a, b, c]) in gf.into_iter().enumerate() {
-                let row = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-                for (j, v) in row.into_iter().enumerate() {
-                    u[(4 * i + j) * c_in + ch] = v;
-                }
+        filter_row(&weight[k * 9 * c_in..(k + 1) * 9 * c_in], u)
+    });
+}
+
+/// `U` of one output channel: its filters `w` `[C_in, 3, 3]` into `u` `[16, C_in]`.
+#[inline(always)]
+fn filter_row_body(w: &[f32], u: &mut [f32]) {
+    let c_in = w.len() / 9;
+    for (ch, f) in w.chunks_exact(9).enumerate() {
+        // G f (4x3), one row per transformed row.
+        let mut gf = [[0.0f32; 3]; 4];
+        for j in 0..3 {
+            let (a, b, c) = (f[j], f[3 + j], f[6 + j]);
+            gf[0][j] = a;
+            gf[1][j] = 0.5 * (a + b + c);
+            gf[2][j] = 0.5 * (a - b + c);
+            gf[3][j] = c;
+        }
+        // (G f) G^T (4x4).
+        for (i, [a, b, c]) in gf.into_iter().enumerate() {
+            let row = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+            for (j, v) in row.into_iter().enumerate() {
+                u[(4 * i + j) * c_in + ch] = v;
             }
         }
-    });
+    }
+}
+
+multiversion! {
+    fn filter_row(w: &[f32], u: &mut [f32]) => filter_row_body
 }
 
 /// `V [C_in, 16, T]` of `block`: every 4x4 input tile `d` of `x` `[N, C_in, H, W]` as
@@ -189,80 +200,91 @@ fn transform_filters(g: &ConvGeometry, weight: &[f32], u: &mut [f32]) {
 fn transform_inputs(g: &ConvGeometry, x: &[f32], block: &Block, v: &mut [f32], parallel: bool) {
     let (_, tw) = tile_counts(g);
     let t = block.tiles(tw);
+    each_chunk(v, XI * t, parallel, |c, v| input_channel(g, x, block, c, v));
+}
+
+/// The part of [`transform_inputs`] for input channel `c`: `v` `[16, T]`.
+#[inline(always)]
+fn input_channel_body(g: &ConvGeometry, x: &[f32], block: &Block, c: usize, v: &mut [f32]) {
+    let (_, tw) = tile_counts(g);
+    let t = block.tiles(tw);
     let [ph, pw] = g.padding;
     let (h, w, plane) = (g.h, g.w, g.h * g.w);
     // Even and odd columns of one padded row: `tw + 1` each.
     let half = tw + 1;
-    each_chunk(v, XI * t, parallel, |c, v| {
-        // Rows `[d0, d1, d2, d3]`, then `B^T` of them, each as `[even | odd]`.
-        let mut d = vec![0.0f32; 8 * half];
-        let mut bt = vec![0.0f32; 8 * half];
-        let mut t0 = 0;
-        for n in block.samples.clone() {
-            let src = &x[(n * g.c_in + c) * plane..(n * g.c_in + c + 1) * plane];
-            for ty in block.rows.clone() {
-                for (r, row) in d.chunks_exact_mut(2 * half).enumerate() {
-                    row.fill(0.0);
-                    let iy = (2 * ty + r) as isize - ph as isize;
-                    if !(0..h as isize).contains(&iy) {
-                        continue;
-                    }
-                    let (even, odd) = row.split_at_mut(half);
-                    // Input column `ix` is padded column `ix + pw`: the even input columns go to
-                    // one half from `pw / 2` on, the odd ones to the other from
-                    // `ceil(pw / 2)` on. Columns past the tiles' span (end padding wider
-                    // than 2) feed no output.
-                    let cols = w.min((2 * half).saturating_sub(pw));
-                    let src = &src[iy as usize * w..][..cols];
-                    let (first, second) = if pw % 2 == 0 {
-                        (even, odd)
-                    } else {
-                        (odd, even)
-                    };
-                    let evens = src.iter().step_by(2);
-                    let odds = src.iter().skip(1).step_by(2);
-                    first[pw / 2..]
-                        .iter_mut()
-                        .zip(evens)
-                        .for_each(|(d, s)| *d = *s);
-                    second[pw.div_ceil(2)..]
-                        .iter_mut()
-                        .zip(odds)
-                        .for_each(|(d, s)| *d = *s);
+    // Rows `[d0, d1, d2, d3]`, then `B^T` of them, each as `[even | odd]`.
+    let mut d = vec![0.0f32; 8 * half];
+    let mut bt = vec![0.0f32; 8 * half];
+    let mut t0 = 0;
+    for n in block.samples.clone() {
+        let src = &x[(n * g.c_in + c) * plane..(n * g.c_in + c + 1) * plane];
+        for ty in block.rows.clone() {
+            for (r, row) in d.chunks_exact_mut(2 * half).enumerate() {
+                row.fill(0.0);
+                let iy = (2 * ty + r) as isize - ph as isize;
+                if !(0..h as isize).contains(&iy) {
+                    continue;
                 }
-                // B^T along the rows: [d0 - d2, d1 + d2, d2 - d1, d1 - d3].
-                let (d0, rest) = d.split_at(2 * half);
-                let (d1, rest) = rest.split_at(2 * half);
-                let (d2, d3) = rest.split_at(2 * half);
-                let (b0, rest) = bt.split_at_mut(2 * half);
-                let (b1, rest) = rest.split_at_mut(2 * half);
-                let (b2, b3) = rest.split_at_mut(2 * half);
-                for i in 0..2 * half {
-                    b0[i] = d0[i] - d2[i];
-                    b1[i] = d1[i] + d2[i];
-                    b2[i] = d2[i] - d1[i];
-                    b3[i] = d1[i] - d3[i];
-                }
-                // B along the columns: tile `tx` reads columns `2 tx .. 2 tx + 4`, that
-                // is even[tx], odd[tx], even[tx + 1], odd[tx + 1].
-                for (i, row) in bt.chunks_exact(2 * half).enumerate() {
-                    let (even, odd) = row.split_at(half);
-                    let (e0, e1, o0, o1) = (&even[..tw], &even[1..], &odd[..tw], &odd[1..]);
-                    let out = |j: usize| (4 * i + j) * t + t0;
-                    let (v0, rest) = v[out(0)..].split_at_mut(t);
-                    let (v1, rest) = rest.split_at_mut(t);
-                    let (v2, v3) = rest.split_at_mut(t);
-                    for tx in 0..tw {
-                        v0[tx] = e0[tx] - e1[tx];
-                        v1[tx] = o0[tx] + e1[tx];
-                        v2[tx] = e1[tx] - o0[tx];
-                        v3[tx] = o0[tx] - o1[tx];
-                    }
-                }
-                t0 += tw;
+                let (even, odd) = row.split_at_mut(half);
+                // Input column `ix` is padded column `ix + pw`: the even input columns go to
+                // one half from `pw / 2` on, the odd ones to the other from
+                // `ceil(pw / 2)` on. Columns past the tiles' span (end padding wider
+                // than 2) feed no output.
+                let cols = w.min((2 * half).saturating_sub(pw));
+                let src = &src[iy as usize * w..][..cols];
+                let (first, second) = if pw % 2 == 0 {
+                    (even, odd)
+                } else {
+                    (odd, even)
+                };
+                let evens = src.iter().step_by(2);
+                let odds = src.iter().skip(1).step_by(2);
+                first[pw / 2..]
+                    .iter_mut()
+                    .zip(evens)
+                    .for_each(|(d, s)| *d = *s);
+                second[pw.div_ceil(2)..]
+                    .iter_mut()
+                    .zip(odds)
+                    .for_each(|(d, s)| *d = *s);
             }
+            // B^T along the rows: [d0 - d2, d1 + d2, d2 - d1, d1 - d3].
+            let (d0, rest) = d.split_at(2 * half);
+            let (d1, rest) = rest.split_at(2 * half);
+            let (d2, d3) = rest.split_at(2 * half);
+            let (b0, rest) = bt.split_at_mut(2 * half);
+            let (b1, rest) = rest.split_at_mut(2 * half);
+            let (b2, b3) = rest.split_at_mut(2 * half);
+            for i in 0..2 * half {
+                b0[i] = d0[i] - d2[i];
+                b1[i] = d1[i] + d2[i];
+                b2[i] = d2[i] - d1[i];
+                b3[i] = d1[i] - d3[i];
+            }
+            // B along the columns: tile `tx` reads columns `2 tx .. 2 tx + 4`, that
+            // is even[tx], odd[tx], even[tx + 1], odd[tx + 1].
+            for (i, row) in bt.chunks_exact(2 * half).enumerate() {
+                let (even, odd) = row.split_at(half);
+                let (e0, e1, o0, o1) = (&even[..tw], &even[1..], &odd[..tw], &odd[1..]);
+                let out = |j: usize| (4 * i + j) * t + t0;
+                let (v0, rest) = v[out(0)..].split_at_mut(t);
+                let (v1, rest) = rest.split_at_mut(t);
+                let (v2, v3) = rest.split_at_mut(t);
+                for tx in 0..tw {
+                    v0[tx] = e0[tx] - e1[tx];
+                    v1[tx] = o0[tx] + e1[tx];
+                    v2[tx] = e1[tx] - o0[tx];
+                    v3[tx] = o0[tx] - o1[tx];
+                }
+            }
+            t0 += tw;
         }
-    });
+    }
+}
+
+multiversion! {
+    fn input_channel(g: &ConvGeometry, x: &[f32], block: &Block, c: usize, v: &mut [f32])
+        => input_channel_body
 }
 
 /// The output rows of `block` from `M [16, C_out, T]`: `A^T m A` per tile, plus the bias;
@@ -276,48 +298,74 @@ fn transform_outputs(
     y: &mut [MaybeUninit<f32>],
     parallel: bool,
 ) {
+    let plane = g.out[0] * g.out[1];
+    each_chunk(y, plane, parallel, |p, out| {
+        output_plane(g, m, block, bias, p, out)
+    });
+}
+
+/// The part of [`transform_outputs`] for output plane `p` (sample `p / C_out`, channel
+/// `p % C_out` of the block): the block's rows of `out` `[OH, OW]`.
+#[inline(always)]
+fn output_plane_body(
+    g: &ConvGeometry,
+    m: &[f32],
+    block: &Block,
+    bias: Option<&[f32]>,
+    p: usize,
+    out: &mut [MaybeUninit<f32>],
+) {
     let (_, tw) = tile_counts(g);
     let t = block.tiles(tw);
     let [oh, ow] = g.out;
-    let (plane, c_out) = (oh * ow, g.c_out);
-    each_chunk(y, plane, parallel, |p, out| {
-        let (s, k) = (p / c_out, p % c_out);
-        let b = bias.map_or(0.0, |b| b[k]);
-        // A^T along the rows of each tile: `s_j = m0j + m1j + m2j`,
-        // `d_j = m1j - m2j - m3j`, as 8 rows of `tw`; then the two output rows.
-        let mut sd = vec![0.0f32; 8 * tw];
-        let mut rows = vec![0.0f32; 4 * tw];
-        for (r, ty) in block.rows.clone().enumerate() {
-            let t0 = (s * block.rows.len() + r) * tw;
-            let at = |xi: usize| &m[(xi * c_out + k) * t + t0..][..tw];
-            let (sums, diffs) = sd.split_at_mut(4 * tw);
-            for j in 0..4 {
-                let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                let s = &mut sums[j * tw..(j + 1) * tw];
-                let d = &mut diffs[j * tw..(j + 1) * tw];
-                for tx in 0..tw {
-                    s[tx] = m0[tx] + m1[tx] + m2[tx];
-                    d[tx] = m1[tx] - m2[tx] - m3[tx];
-                }
-            }
-            // A along the columns: `[q0 + q1 + q2, q1 - q2 - q3]` per tile.
-            for (half, q) in rows.chunks_exact_mut(2 * tw).zip(sd.chunks_exact(4 * tw)) {
-                let (q0, rest) = q.split_at(tw);
-                let (q1, rest) = rest.split_at(tw);
-                let (q2, q3) = rest.split_at(tw);
-                for (tx, pair) in half.chunks_exact_mut(2).enumerate() {
-                    pair[0] = q0[tx] + q1[tx] + q2[tx] + b;
-                    pair[1] = q1[tx] - q2[tx] - q3[tx] + b;
-                }
-            }
-            for (i, row) in rows.chunks_exact(2 * tw).enumerate() {
-                let oy = 2 * ty + i;
-                if oy < oh {
-                    out[oy * ow..(oy + 1) * ow].write_copy_of_slice(&row[..ow]);
-                }
+    let c_out = g.c_out;
+    let (s, k) = (p / c_out, p % c_out);
+    let b = bias.map_or(0.0, |b| b[k]);
+    // A^T along the rows of each tile: `s_j = m0j + m1j + m2j`,
+    // `d_j = m1j - m2j - m3j`, as 8 rows of `tw`; then the two output rows.
+    let mut sd = vec![0.0f32; 8 * tw];
+    let mut rows = vec![0.0f32; 4 * tw];
+    for (r, ty) in block.rows.clone().enumerate() {
+        let t0 = (s * block.rows.len() + r) * tw;
+        let at = |xi: usize| &m[(xi * c_out + k) * t + t0..][..tw];
+        let (sums, diffs) = sd.split_at_mut(4 * tw);
+        for j in 0..4 {
+            let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+            let s = &mut sums[j * tw..(j + 1) * tw];
+            let d = &mut diffs[j * tw..(j + 1) * tw];
+            for tx in 0..tw {
+                s[tx] = m0[tx] + m1[tx] + m2[tx];
+                d[tx] = m1[tx] - m2[tx] - m3[tx];
             }
         }
-    });
+        // A along the columns: `[q0 + q1 + q2, q1 - q2 - q3]` per tile.
+        for (half, q) in rows.chunks_exact_mut(2 * tw).zip(sd.chunks_exact(4 * tw)) {
+            let (q0, rest) = q.split_at(tw);
+            let (q1, rest) = rest.split_at(tw);
+            let (q2, q3) = rest.split_at(tw);
+            for (tx, pair) in half.chunks_exact_mut(2).enumerate() {
+                pair[0] = q0[tx] + q1[tx] + q2[tx] + b;
+                pair[1] = q1[tx] - q2[tx] - q3[tx] + b;
+            }
+        }
+        for (i, row) in rows.chunks_exact(2 * tw).enumerate() {
+            let oy = 2 * ty + i;
+            if oy < oh {
+                out[oy * ow..(oy + 1) * ow].write_copy_of_slice(&row[..ow]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn output_plane(
+        g: &ConvGeometry,
+        m: &[f32],
+        block: &Block,
+        bias: Option<&[f32]>,
+        p: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) => output_plane_body
 }
 
 /// `M_xi [C_out, T] = U_xi [C_out, C_in] x V_xi [C_in, T]` for the 16 positions `xi`: rows
