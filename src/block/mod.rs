@@ -137,9 +137,9 @@ pub(crate) struct Residual<'a> {
 
 impl Residual<'_> {
     /// Finishes the block: `out` is the last convolution's output, `identity` the block's
-    /// input, `norm` the last norm's `forward_with`. Without squeeze-excitation or IBN-b
-    /// instance norm, the addition and ReLU run inside that norm's pass; otherwise the ReLU
-    /// runs inside the instance norm's.
+    /// input, `norm` the last norm's `forward_with`. Without squeeze-excitation, the addition
+    /// runs inside that norm's pass, and so does ReLU without an IBN-b instance norm, which
+    /// otherwise applies it in its own pass.
     pub fn finish(
         &self,
         norm: impl Fn(Tensor<4>, Epilogue) -> Tensor<4>,
@@ -150,16 +150,22 @@ impl Residual<'_> {
             Some(d) => d.forward(identity),
             None => identity,
         };
-        if self.se.is_none() && self.post.is_none() {
-            return norm(out, Epilogue::add_relu(shortcut));
-        }
-        let mut out = norm(out, Epilogue::default());
-        if let Some(se) = self.se {
-            out = se.forward(out);
-        }
-        let out = out + shortcut;
+        // The addition (and, without an instance norm after it, ReLU) inside the last norm's
+        // pass when no squeeze-excitation comes between them.
+        let (out, relu_done) = match self.se {
+            None => {
+                let relu = self.post.is_none();
+                let then = Epilogue {
+                    residual: Some(shortcut),
+                    relu,
+                };
+                (norm(out, then), relu)
+            }
+            Some(se) => (se.forward(norm(out, Epilogue::default())) + shortcut, false),
+        };
         match self.post {
             Some(post) => post.forward_with(out, Epilogue::relu()),
+            None if relu_done => out,
             None => burn::tensor::activation::relu(out),
         }
     }

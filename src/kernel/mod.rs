@@ -2,7 +2,9 @@
 //! transform as one pass over the activations, with hand-written backward passes; and the
 //! convolution every model uses, [`conv2d`] (this crate's im2col + matrix-product kernels on
 //! flex and ndarray, Winograd F(2x2, 3x3) for their 3x3 stride-1 convolutions, burn's
-//! convolution elsewhere).
+//! convolution elsewhere). On flex and ndarray the models' max pooling (in evaluation) runs
+//! through a kernel of this crate too, and the crate's CPU loops are compiled for AVX-512 and
+//! AVX2 as well as the baseline, chosen at run time (`simd_level`, `set_max_simd`).
 //!
 //! Two primitives cover every normalisation of the crate:
 //!
@@ -14,6 +16,10 @@
 //! - [`plane_moments`] returns the per-(sample, channel) mean and biased variance of a range
 //!   of channels, read in place; batch-norm training combines them into per-channel batch
 //!   statistics.
+//!
+//! [`plane_norm_with`] also applies an [`Epilogue`] before writing: the shortcut addition at
+//! the end of a residual block and the ReLU that follows most norms, so that the models run
+//! no separate element-wise passes for them.
 //!
 //! Both are backend extensions (burn's `#[backend_extension]`): plain-Rust multi-threaded
 //! loops on flex and ndarray, CubeCL kernels with a shared-memory tree reduction on the
