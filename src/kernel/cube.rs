@@ -319,6 +319,65 @@ fn per_channel(sums: CubeTensor, c: usize) -> (CubeTensor, CubeTensor) {
     (take(0), take(1))
 }
 
+/// `plane_norm` (no `residual`) or `plane_norm_add`; `stats`: `(stat_start, stat_end,
+/// epsilon)`.
+fn launch_plane_norm(
+    x: CubeTensor,
+    residual: Option<CubeTensor>,
+    scale: CubeTensor,
+    shift: CubeTensor,
+    (stat_start, stat_end, epsilon): (usize, usize, f32),
+    relu: bool,
+) -> CubeTensor {
+    let dims = dims4(&x.shape());
+    let (x, scale, shift) = (
+        into_contiguous(x),
+        into_contiguous(scale),
+        into_contiguous(shift),
+    );
+    let out = empty_like(&x, x.shape());
+    if out.shape().num_elements() == 0 {
+        return out;
+    }
+    let (count, dim, units) = grid(&x.client, dims);
+    let dtype = dtype_to_storage_type(x.dtype);
+    let client = x.client.clone();
+    let (len, start, end) = (
+        (dims[2] * dims[3]) as u32,
+        stat_start as u32,
+        stat_end as u32,
+    );
+    let (x, scale, shift) = (
+        x.into_tensor_arg(),
+        scale.into_tensor_arg(),
+        shift.into_tensor_arg(),
+    );
+    let y = out.clone().into_tensor_arg();
+    match residual {
+        None => plane_norm_kernel::launch(
+            &client, count, dim, x, scale, shift, y, len, start, end, epsilon, units, relu, dtype,
+        ),
+        Some(residual) => plane_norm_add_kernel::launch(
+            &client,
+            count,
+            dim,
+            x,
+            into_contiguous(residual).into_tensor_arg(),
+            scale,
+            shift,
+            y,
+            len,
+            start,
+            end,
+            epsilon,
+            units,
+            relu,
+            dtype,
+        ),
+    }
+    out
+}
+
 impl NormKernels for CubeBackend {
     fn plane_norm(
         x: FloatTensor<Self>,
@@ -329,35 +388,8 @@ impl NormKernels for CubeBackend {
         epsilon: f32,
         relu: bool,
     ) -> FloatTensor<Self> {
-        let dims = dims4(&x.shape());
-        let (x, scale, shift) = (
-            into_contiguous(x),
-            into_contiguous(scale),
-            into_contiguous(shift),
-        );
-        let out = empty_like(&x, x.shape());
-        if out.shape().num_elements() == 0 {
-            return out;
-        }
-        let (count, dim, units) = grid(&x.client, dims);
-        let dtype = dtype_to_storage_type(x.dtype);
-        plane_norm_kernel::launch(
-            &x.client.clone(),
-            count,
-            dim,
-            x.into_tensor_arg(),
-            scale.into_tensor_arg(),
-            shift.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            (dims[2] * dims[3]) as u32,
-            stat_start as u32,
-            stat_end as u32,
-            epsilon,
-            units,
-            relu,
-            dtype,
-        );
-        out
+        let stats = (stat_start, stat_end, epsilon);
+        launch_plane_norm(x, None, scale, shift, stats, relu)
     }
 
     fn plane_norm_add(
@@ -370,37 +402,8 @@ impl NormKernels for CubeBackend {
         epsilon: f32,
         relu: bool,
     ) -> FloatTensor<Self> {
-        let dims = dims4(&x.shape());
-        let (x, residual, scale, shift) = (
-            into_contiguous(x),
-            into_contiguous(residual),
-            into_contiguous(scale),
-            into_contiguous(shift),
-        );
-        let out = empty_like(&x, x.shape());
-        if out.shape().num_elements() == 0 {
-            return out;
-        }
-        let (count, dim, units) = grid(&x.client, dims);
-        let dtype = dtype_to_storage_type(x.dtype);
-        plane_norm_add_kernel::launch(
-            &x.client.clone(),
-            count,
-            dim,
-            x.into_tensor_arg(),
-            residual.into_tensor_arg(),
-            scale.into_tensor_arg(),
-            shift.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            (dims[2] * dims[3]) as u32,
-            stat_start as u32,
-            stat_end as u32,
-            epsilon,
-            units,
-            relu,
-            dtype,
-        );
-        out
+        let stats = (stat_start, stat_end, epsilon);
+        launch_plane_norm(x, Some(residual), scale, shift, stats, relu)
     }
 
     fn plane_norm_backward(

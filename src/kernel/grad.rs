@@ -4,7 +4,7 @@ use burn::backend::Backend;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 
@@ -115,6 +115,35 @@ impl<B: Backend + NormKernels> Backward<B, 1> for PlaneMomentsBackward {
     }
 }
 
+/// A normalisation pass under autodiff: `op` is its backward step over the parents `nodes`,
+/// `run` computes the output from the inner `(x, scale)` (the other inputs captured);
+/// `(stat_start, stat_end, epsilon, relu)` as the op's. Keeps what [`norm_grads`] needs when
+/// tracked.
+fn norm_op<B, C, Op, const N: usize>(
+    op: Op,
+    nodes: [NodeGuard; N],
+    x: FloatTensor<Autodiff<B, C>>,
+    scale: FloatTensor<Autodiff<B, C>>,
+    (start, end, epsilon, relu): (usize, usize, f32, bool),
+    run: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend + NormKernels,
+    C: CheckpointStrategy,
+    Op: Backward<B, N, State = NormState<B>>,
+{
+    match op.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let scale = scale.into_primitive();
+            let output = run(x.into_primitive(), scale.clone());
+            let mask = relu.then(|| output.clone());
+            prep.finish((x_state, scale, start, end, epsilon, mask), output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(run(x.into_primitive(), scale.into_primitive())),
+    }
+}
+
 impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B, C> {
     fn plane_norm(
         x: FloatTensor<Self>,
@@ -125,37 +154,12 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         epsilon: f32,
         relu: bool,
     ) -> FloatTensor<Self> {
-        match PlaneNormBackward
-            .prepare::<C>([x.node(), scale.node(), shift.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let scale = scale.into_primitive();
-                let output = B::plane_norm(
-                    x.into_primitive(),
-                    scale.clone(),
-                    shift.into_primitive(),
-                    stat_start,
-                    stat_end,
-                    epsilon,
-                    relu,
-                );
-                let mask = relu.then(|| output.clone());
-                let state = (x_state, scale, stat_start, stat_end, epsilon, mask);
-                prep.finish(state, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::plane_norm(
-                x.into_primitive(),
-                scale.into_primitive(),
-                shift.into_primitive(),
-                stat_start,
-                stat_end,
-                epsilon,
-                relu,
-            )),
-        }
+        let nodes = [x.node(), scale.node(), shift.node()];
+        let shift = shift.into_primitive();
+        let args = (stat_start, stat_end, epsilon, relu);
+        norm_op::<B, C, _, 3>(PlaneNormBackward, nodes, x, scale, args, |x, scale| {
+            B::plane_norm(x, scale, shift, stat_start, stat_end, epsilon, relu)
+        })
     }
 
     fn plane_norm_add(
@@ -168,39 +172,14 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         epsilon: f32,
         relu: bool,
     ) -> FloatTensor<Self> {
-        match PlaneNormAddBackward
-            .prepare::<C>([x.node(), residual.node(), scale.node(), shift.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let scale = scale.into_primitive();
-                let output = B::plane_norm_add(
-                    x.into_primitive(),
-                    residual.into_primitive(),
-                    scale.clone(),
-                    shift.into_primitive(),
-                    stat_start,
-                    stat_end,
-                    epsilon,
-                    relu,
-                );
-                let mask = relu.then(|| output.clone());
-                let state = (x_state, scale, stat_start, stat_end, epsilon, mask);
-                prep.finish(state, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::plane_norm_add(
-                x.into_primitive(),
-                residual.into_primitive(),
-                scale.into_primitive(),
-                shift.into_primitive(),
-                stat_start,
-                stat_end,
-                epsilon,
-                relu,
-            )),
-        }
+        let nodes = [x.node(), residual.node(), scale.node(), shift.node()];
+        let (residual, shift) = (residual.into_primitive(), shift.into_primitive());
+        let args = (stat_start, stat_end, epsilon, relu);
+        norm_op::<B, C, _, 4>(PlaneNormAddBackward, nodes, x, scale, args, |x, scale| {
+            B::plane_norm_add(
+                x, residual, scale, shift, stat_start, stat_end, epsilon, relu,
+            )
+        })
     }
 
     fn plane_norm_backward(
