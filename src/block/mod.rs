@@ -150,22 +150,22 @@ impl Residual<'_> {
             Some(d) => d.forward(identity),
             None => identity,
         };
-        // The addition (and, without an instance norm after it, ReLU) inside the last norm's
-        // pass when no squeeze-excitation comes between them.
-        let (out, relu_done) = match self.se {
+        // The addition inside the last norm's pass when no squeeze-excitation comes between
+        // them, and ReLU too when no instance norm follows.
+        let relu_in_norm = self.se.is_none() && self.post.is_none();
+        let out = match self.se {
             None => {
-                let relu = self.post.is_none();
                 let then = Epilogue {
                     residual: Some(shortcut),
-                    relu,
+                    relu: relu_in_norm,
                 };
-                (norm(out, then), relu)
+                norm(out, then)
             }
-            Some(se) => (se.forward(norm(out, Epilogue::default())) + shortcut, false),
+            Some(se) => se.forward(norm(out, Epilogue::default())) + shortcut,
         };
         match self.post {
             Some(post) => post.forward_with(out, Epilogue::relu()),
-            None if relu_done => out,
+            None if relu_in_norm => out,
             None => burn::tensor::activation::relu(out),
         }
     }

@@ -19,12 +19,19 @@ use burn::tensor::Tensor;
 pub(crate) fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     if let burn::nn::PaddingConfig2d::Explicit(top, left, bottom, right) = pool.padding {
-        let window = |axis: usize| pool.dilation[axis] * (pool.kernel_size[axis] - 1) + 1;
-        let fits = pool.kernel_size.iter().all(|&k| k > 0)
-            && 2 * top <= window(0)
-            && 2 * left <= window(1)
-            && x.dims()[2] + 2 * top >= window(0)
-            && x.dims()[3] + 2 * left >= window(1);
+        let [_, _, h, w] = x.dims();
+        let g = PoolGeometry {
+            input: [h, w],
+            kernel: pool.kernel_size,
+            stride: pool.stride,
+            padding: [top, left],
+            dilation: pool.dilation,
+        };
+        let fits = (0..2).all(|a| {
+            g.kernel[a] > 0
+                && 2 * g.padding[a] <= g.window(a)
+                && g.input[a] + 2 * g.padding[a] >= g.window(a)
+        });
         let device = x.device();
         if top == bottom
             && left == right
@@ -33,7 +40,7 @@ pub(crate) fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
             && !device.is_autodiff()
             && super::conv::on_cpu_backend(&device)
         {
-            return cpu::max_pool2d(x, pool.kernel_size, pool.stride, [top, left], pool.dilation);
+            return cpu::max_pool2d(x, g.kernel, g.stride, g.padding, g.dilation);
         }
     }
     pool.forward(x)
@@ -96,11 +103,15 @@ pub(super) struct PoolGeometry {
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 impl PoolGeometry {
+    /// Span of a window along `axis` (`1 + dilation * (kernel - 1)`; `kernel > 0`).
+    pub fn window(&self, axis: usize) -> usize {
+        self.dilation[axis] * (self.kernel[axis] - 1) + 1
+    }
+
     /// Output size per axis.
     pub fn output(&self) -> [usize; 2] {
         core::array::from_fn(|a| {
-            let window = self.dilation[a] * (self.kernel[a] - 1) + 1;
-            (self.input[a] + 2 * self.padding[a] - window) / self.stride[a] + 1
+            (self.input[a] + 2 * self.padding[a] - self.window(a)) / self.stride[a] + 1
         })
     }
 }
@@ -168,10 +179,11 @@ fn pool_rows(plane: &[f32], rows: &mut [f32], g: &PoolGeometry) {
     let w = g.input[1];
     let ow = g.output()[1];
     let (k, s, p, d) = (g.kernel[1], g.stride[1], g.padding[1], g.dilation[1]);
-    // Windows `lo..hi` lie inside the row: `ox * s >= p` and `ox * s - p + (k - 1) d < w`.
+    // Windows `lo..hi` lie inside the row: `ox * s >= p` and `ox * s - p + span <= w`.
     let lo = p.div_ceil(s).min(ow);
-    let hi = if w + p > (k - 1) * d {
-        ((w + p - (k - 1) * d - 1) / s + 1).clamp(lo, ow)
+    let span = g.window(1);
+    let hi = if w + p >= span {
+        ((w + p - span) / s + 1).clamp(lo, ow)
     } else {
         lo
     };
@@ -189,11 +201,10 @@ fn pool_rows(plane: &[f32], rows: &mut [f32], g: &PoolGeometry) {
         }
         for (ox, v) in dst[lo..hi].iter_mut().enumerate() {
             let start = (lo + ox) * s - p;
-            let window = &src[start..start + (k - 1) * d + 1];
-            *v = window
+            *v = src[start..start + span]
                 .iter()
                 .step_by(d)
-                .fold(window[0], |m, &x| max_nan(m, x));
+                .fold(f32::NEG_INFINITY, |m, &x| max_nan(m, x));
         }
     }
 }
