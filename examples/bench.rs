@@ -3,11 +3,14 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--models a,b] [--batches 1,8] [--iters 10]
-//!     [--device flex|ndarray|wgpu] [--fold] [--no-winograd] [--no-train] [--json]
+//!     [--device flex|ndarray|wgpu] [--fold] [--no-winograd]
+//!     [--gpu-conv unfold|unfold-grouped|burn] [--no-train] [--json]
 //! ```
 //!
 //! `--no-winograd` turns the Winograd path of the CPU convolutions off
-//! ([`ibn_net::kernel::set_winograd`]).
+//! ([`ibn_net::kernel::set_winograd`]); `--gpu-conv` picks the GPU convolution
+//! for inference ([`ibn_net::kernel::set_gpu_conv`]: unfolded matrix product for ungrouped
+//! convolutions, for every convolution, or burn's `conv2d` for all).
 
 use std::time::Instant;
 
@@ -17,6 +20,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use ibn_net::device::device_from_name;
+use ibn_net::kernel::GpuConv;
 use ibn_net::model::{Backbone, create_model};
 
 const DEFAULT_MODELS: &str =
@@ -59,6 +63,12 @@ fn parse_args() -> Result<Args, String> {
             "--device" => args.device = value()?,
             "--fold" => args.fold = true,
             "--no-winograd" => ibn_net::kernel::set_winograd(false),
+            "--gpu-conv" => ibn_net::kernel::set_gpu_conv(match value()?.as_str() {
+                "unfold" => GpuConv::Unfold,
+                "unfold-grouped" => GpuConv::UnfoldGrouped,
+                "burn" => GpuConv::Burn,
+                other => return Err(format!("unknown --gpu-conv `{other}`")),
+            }),
             "--no-train" => args.train = false,
             "--json" => args.json = true,
             other => return Err(format!("unknown argument `{other}`")),

@@ -17,7 +17,11 @@
 #    when PyTorch with CUDA is installed, PyTorch CUDA eager in the same run
 #    (`scripts/compare.py`), writing the Markdown tables to OUT_DIR/gpu.md (PyTorch's
 #    defaults: cuDNN may use TF32) and OUT_DIR/gpu-fp32.md (TF32 off, float32 like wgpu);
-# 3. times the norm and IBN layers on wgpu (fused vs composed, eval and training steps).
+# 3. times the same models in evaluation with burn's convolutions instead of the unfolded
+#    matrix products (`--gpu-conv burn`, OUT_DIR/models-wgpu-burn-conv.log), and profiles one
+#    batch-32 resnet50_ibn_a pass kernel by kernel (OUT_DIR/kernel-profile.md, with the
+#    convolution algorithms burn's autotuning tried; `scripts/kernel_profile.py`);
+# 4. times the norm and IBN layers on wgpu (fused vs composed, eval and training steps).
 # Each step logs to OUT_DIR and runs under a time limit (STEP_TIMEOUT seconds, default
 # 300); a failed step does not stop the later ones. GPU use is sampled to OUT_DIR/smi.csv.
 set -uo pipefail
@@ -103,5 +107,16 @@ if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     compare models-compare --out "$out/gpu.md"
     compare models-compare-fp32 --no-tf32 --out "$out/gpu-fp32.md"
 fi
+step models-wgpu-burn-conv "$bin/bench" --device wgpu "${models[@]}" --json --no-train \
+    --gpu-conv burn
+profile_dir=/tmp/cubecl-profile # where scripts/cubecl-profile.toml sends the logs
+rm -rf "$profile_dir"
+cp scripts/cubecl-profile.toml cubecl.toml
+step kernel-profile-run "$bin/bench" --device wgpu --models resnet50_ibn_a --batches 32 \
+    --iters 3 --no-train
+rm -f cubecl.toml
+python3 scripts/kernel_profile.py "$profile_dir/profile.log" \
+    --autotune "$profile_dir/autotune.log" >"$out/kernel-profile.md" 2>&1
+head -n 16 "$out/kernel-profile.md"
 step norms "$bin/layer_bench" --device wgpu --filter "norm" --iters 20
 step ibn-layers "$bin/layer_bench" --device wgpu --filter "ibn layer" --iters 20

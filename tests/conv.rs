@@ -1,5 +1,5 @@
 //! `ibn_net::kernel::conv2d` (the crate's im2col + matrix-product and Winograd kernels on flex
-//! and ndarray, burn's convolution elsewhere) against a float64 direct convolution computed
+//! and ndarray, the unfolded matrix product and burn's convolution on wgpu) against a float64 direct convolution computed
 //! here: output and the gradients of input, weight and bias, over strides, asymmetric padding,
 //! dilation, groups, 1x1 to 7x7 kernels, a non-contiguous input and inputs large enough to be
 //! unfolded in blocks of output rows or transformed in blocks of tiles. The CPU cases run in
@@ -12,12 +12,12 @@ use std::sync::Mutex;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use ibn_net::device::{available_devices, device_from_name};
-use ibn_net::kernel::{conv2d, set_winograd, winograd_enabled};
+use ibn_net::kernel::{GpuConv, conv2d, set_gpu_conv, set_winograd, winograd_enabled};
 
 const TOL: f64 = 1e-5;
 
-/// Held by the tests that depend on the process-wide Winograd switch.
-static WINOGRAD_SWITCH: Mutex<()> = Mutex::new(());
+/// Held by the tests that depend on the process-wide algorithm switches (Winograd, GPU).
+static SWITCHES: Mutex<()> = Mutex::new(());
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -274,20 +274,29 @@ fn check(device: &Device, label: &str, c: &Case) {
 
 #[test]
 fn conv2d_matches_a_float64_direct_convolution_on_every_backend() {
-    let _switch = WINOGRAD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _switch = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
     assert!(winograd_enabled(), "the Winograd path is on by default");
     for name in available_devices() {
         let device = device_from_name(name).unwrap();
         device.seed(11);
         if name == "wgpu" {
-            // burn's convolution runs there (each new shape is autotuned): the padding and
-            // bias plumbing needs one case.
+            // The unfolded convolution (forward; gradients run burn's under autodiff), grouped
+            // cases included, over the cases small enough for a software adapter; then burn's
+            // convolution (each new shape is autotuned), whose padding and bias plumbing needs
+            // one case.
+            set_gpu_conv(GpuConv::UnfoldGrouped);
+            let small = |c: &&Case| c.size[0] * c.size[1] * c.c_in * c.c_out < 100_000;
+            for case in cases().iter().filter(small) {
+                check(&device, "wgpu, unfolded", case);
+            }
             let case = Case {
                 bias: true,
                 padding: [(0, 2), (3, 1)],
                 ..Case::new(2, 4, 6, 7, 3)
             };
-            check(&device, name, &case);
+            set_gpu_conv(GpuConv::Burn);
+            check(&device, "wgpu, burn's conv2d", &case);
+            set_gpu_conv(GpuConv::Unfold);
             continue;
         }
         let cases = cases();
@@ -307,7 +316,7 @@ fn conv2d_matches_a_float64_direct_convolution_on_every_backend() {
 /// it off. On each CPU device (the devices with the crate's own kernels).
 #[test]
 fn winograd_switch_selects_the_algorithm() {
-    let _switch = WINOGRAD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _switch = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
     for name in available_devices().into_iter().filter(|n| *n != "wgpu") {
         let device = device_from_name(name).unwrap();
         device.seed(5);
@@ -327,6 +336,51 @@ fn winograd_switch_selects_the_algorithm() {
         );
         fast.assert_approx_eq::<f32>(&direct, burn::tensor::Tolerance::absolute(1e-4));
     }
+}
+
+/// On wgpu (when available), the GPU setting picks the algorithm of inference convolutions:
+/// the unfolded matrix product and burn's convolution round differently (not bit-identical on
+/// random data) and agree to float32 rounding; the default unfolds ungrouped convolutions
+/// only, so a grouped one is bit-identical to burn's.
+#[test]
+fn gpu_conv_setting_selects_the_algorithm() {
+    let _switch = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(ibn_net::kernel::gpu_conv(), GpuConv::Unfold, "the default");
+    let Some(name) = available_devices().into_iter().find(|n| *n == "wgpu") else {
+        return;
+    };
+    let device = device_from_name(name).unwrap();
+    device.seed(9);
+    let x = Tensor::<4>::random([2, 8, 12, 12], Distribution::Default, &device);
+    let weights =
+        [1, 2].map(|g| Tensor::<4>::random([8, 8 / g, 3, 3], Distribution::Default, &device));
+    let conv = |setting: GpuConv, groups: usize| {
+        set_gpu_conv(setting);
+        let w = weights[groups - 1].clone();
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], groups);
+        let y = conv2d(x.clone(), w, None, options).into_data();
+        set_gpu_conv(GpuConv::Unfold);
+        y
+    };
+    let tolerance = burn::tensor::Tolerance::absolute(1e-4);
+    let (unfolded, burn) = (conv(GpuConv::Unfold, 1), conv(GpuConv::Burn, 1));
+    assert_ne!(
+        unfolded, burn,
+        "ungrouped: both settings ran the same computation"
+    );
+    unfolded.assert_approx_eq::<f32>(&burn, tolerance);
+    let burn = conv(GpuConv::Burn, 2);
+    assert_eq!(
+        conv(GpuConv::Unfold, 2),
+        burn,
+        "grouped: the default runs burn's"
+    );
+    let unfolded = conv(GpuConv::UnfoldGrouped, 2);
+    assert_ne!(
+        unfolded, burn,
+        "grouped: UnfoldGrouped ran burn's convolution"
+    );
+    unfolded.assert_approx_eq::<f32>(&burn, tolerance);
 }
 
 /// `conv2d` of zero tensors of these shapes, padding 1.

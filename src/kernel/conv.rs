@@ -1,14 +1,15 @@
-//! 2-d convolution: burn's on GPU backends; on the CPU backends this crate's im2col +
-//! matrix-product kernels (forward and backward) and Winograd F(2x2, 3x3) for 3x3 stride-1
-//! convolutions (output and input gradient).
+//! 2-d convolution: on the CPU backends this crate's im2col + matrix-product kernels (forward
+//! and backward) and Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (output and input
+//! gradient); on GPU (CubeCL) backends an unfolding into one batched matrix product of burn's
+//! (see [`GpuConv`]).
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
 use burn::tensor::module::conv2d as burn_conv2d;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::{Int, Tensor, TensorData};
 
 /// 2-d convolution with the contract of burn's `burn::tensor::module::conv2d`.
 ///
@@ -20,7 +21,9 @@ use burn::tensor::ops::ConvOptions;
 /// algorithm instead for the output and the input gradient (the convolution of the output
 /// gradient with the flipped kernel), which needs 2.25x fewer multiplications (the transforms
 /// hold only 0, ±1 and ±1/2; the result stays within float32 rounding of the direct sum; see
-/// [`set_winograd`]). Other devices use burn's `conv2d`. Differentiable with respect to `x`,
+/// [`set_winograd`]). On GPU (CubeCL) devices without autodiff the input is unfolded by one
+/// gather and the convolution computed as one batched matrix product (see [`GpuConv`]).
+/// Other devices use burn's `conv2d`. Differentiable with respect to `x`,
 /// `weight` and `bias`.
 ///
 /// # Shapes
@@ -45,6 +48,10 @@ pub fn conv2d(
     if cpu::on_cpu_backend(&x.device()) {
         return cpu::conv2d(x, weight, bias, options);
     }
+    #[cfg(feature = "wgpu")]
+    if gpu_conv().unfolds(options.groups) && on_cube_device_without_autodiff(&x.device()) {
+        return unfold_conv2d(x, weight, bias, &options);
+    }
     burn_conv2d(x, weight, bias, options)
 }
 
@@ -61,6 +68,174 @@ pub fn set_winograd(enabled: bool) {
 /// Whether the Winograd path of [`conv2d`] is on (see [`set_winograd`]).
 pub fn winograd_enabled() -> bool {
     WINOGRAD.load(Ordering::Relaxed)
+}
+
+/// How [`conv2d`] computes on GPU (CubeCL) devices without autodiff (inference); chosen
+/// with [`set_gpu_conv`].
+///
+/// burn 0.22 offers WGSL shaders (no cooperative-matrix instructions) only a direct
+/// convolution for kernels larger than 1x1; in a kernel profile of resnet50_ibn_a at batch 32
+/// on an NVIDIA H200 those took 80 % of the GPU time, while burn's autotuning measured its
+/// matrix-product kernels 7-40x faster than the direct convolution on the model's 1x1
+/// convolutions. [`GpuConv::Unfold`] therefore computes every ungrouped convolution as a
+/// matrix product: one gather (`select`) of the zero-padded input planes writes the unfolded input
+/// `[N, C_in * kh * kw, OH * OW]` (skipped for stride-1 unpadded 1x1 kernels, whose input is
+/// that matrix already), and one batched matrix product with the weights `[groups, C_out /
+/// groups, C_in / groups * kh * kw]` (kernels autotuned by burn) writes the output, already
+/// in NCHW order, so the normalisation kernels that follow need no layout copies. The
+/// unfolded input costs `kh * kw` times the input's memory; it is built for a run of samples
+/// at a time, each run's at most 512 MiB.
+///
+/// Under autodiff (training) burn's `conv2d` runs whatever the setting: the gather's
+/// gradient in burn is a scatter-add loop per (sample, channel), a poor fit for a GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuConv {
+    /// Unfold + batched matrix product for ungrouped convolutions, burn's `conv2d` for grouped
+    /// ones, whose per-group products are too small to use a GPU well (the default).
+    #[default]
+    Unfold,
+    /// Unfold + batched matrix product for every convolution, grouped ones included.
+    UnfoldGrouped,
+    /// burn's `conv2d` (autotuned among its algorithms) for every convolution.
+    Burn,
+}
+
+impl GpuConv {
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    fn unfolds(self, groups: usize) -> bool {
+        match self {
+            Self::Unfold => groups == 1,
+            Self::UnfoldGrouped => true,
+            Self::Burn => false,
+        }
+    }
+}
+
+static GPU_CONV: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses how [`conv2d`] computes on GPU (CubeCL) devices without autodiff (see
+/// [`GpuConv`]; default [`GpuConv::Unfold`]). Process-wide; no effect on CPU or autodiff
+/// devices.
+pub fn set_gpu_conv(algorithm: GpuConv) {
+    GPU_CONV.store(algorithm as u8, Ordering::Relaxed);
+}
+
+/// The algorithm [`conv2d`] uses on GPU devices (see [`set_gpu_conv`]).
+pub fn gpu_conv() -> GpuConv {
+    match GPU_CONV.load(Ordering::Relaxed) {
+        0 => GpuConv::Unfold,
+        1 => GpuConv::UnfoldGrouped,
+        _ => GpuConv::Burn,
+    }
+}
+
+/// Whether `device` is a CubeCL device (not an autodiff device).
+#[cfg(feature = "wgpu")]
+fn on_cube_device_without_autodiff(device: &burn::tensor::Device) -> bool {
+    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+}
+
+/// Largest unfolded tensor [`unfold_conv2d`] builds at once, in values (512 MiB of float32).
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+const UNFOLD_VALUES: usize = 128 << 20;
+
+/// [`conv2d`] as an unfolding plus one batched matrix product, from tensor operations (any
+/// device, differentiable; the GPU inference path of [`conv2d`], see [`GpuConv`]). Shapes as
+/// in [`conv2d`], which has checked them.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+fn unfold_conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    o: &ConvOptions<2>,
+) -> Tensor<4> {
+    unfold_conv2d_in_runs(x, weight, bias, o, UNFOLD_VALUES)
+}
+
+/// [`unfold_conv2d`] with runs of samples whose unfolded tensor holds at most `limit` values
+/// (at least one sample per run).
+fn unfold_conv2d_in_runs(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    o: &ConvOptions<2>,
+    limit: usize,
+) -> Tensor<4> {
+    let [n, c_in, ..] = x.dims();
+    let [c_out, c_group, kh, kw] = weight.dims();
+    let groups = o.groups;
+    let [oh, ow] = output_size(&x, &weight, o);
+    let depth = c_group * kh * kw;
+    let weight = weight.reshape([1, groups, c_out / groups, depth]);
+    let per_sample = (c_in * kh * kw * oh * ow).max(1);
+    let run = (limit / per_sample).clamp(1, n.max(1));
+    let product = |x: Tensor<4>| {
+        let batch = x.dims()[0];
+        let columns = unfold(x, [kh, kw], [oh, ow], o).reshape([batch, groups, depth, oh * ow]);
+        weight
+            .clone()
+            .matmul(columns)
+            .reshape([batch, c_out, oh, ow])
+    };
+    let y = if run >= n {
+        product(x)
+    } else {
+        let runs = (0..n)
+            .step_by(run)
+            .map(|start| product(x.clone().narrow(0, start, run.min(n - start))))
+            .collect();
+        Tensor::cat(runs, 0)
+    };
+    match bias {
+        Some(bias) => y + bias.reshape([1, c_out, 1, 1]),
+        None => y,
+    }
+}
+
+/// `[OH, OW]` of a convolution whose shapes [`check`] accepted.
+fn output_size(x: &Tensor<4>, weight: &Tensor<4>, o: &ConvOptions<2>) -> [usize; 2] {
+    let [_, _, h, w] = x.dims();
+    let [_, _, kh, kw] = weight.dims();
+    [(h, kh), (w, kw)]
+        .into_iter()
+        .enumerate()
+        .fold([0; 2], |mut out, (a, (size, k))| {
+            let (begin, end) = o.padding[a];
+            let reach = o.dilation[a] * (k.max(1) - 1) + 1;
+            out[a] = (size + begin + end - reach) / o.stride[a] + 1;
+            out
+        })
+}
+
+/// The unfolded input `[N, C_in, kh * kw * OH * OW]` (per channel, the kernel taps in
+/// row-major order, each with its `OH x OW` window of the zero-padded input, strided and
+/// dilated): one gather (`select`) along the flattened padded planes, whose positions are
+/// the same for every sample and channel.
+fn unfold(x: Tensor<4>, kernel: [usize; 2], out: [usize; 2], o: &ConvOptions<2>) -> Tensor<3> {
+    let [n, c, h, w] = x.dims();
+    if kernel == [1, 1] && o.stride == [1, 1] && o.padding == [(0, 0); 2] {
+        return x.reshape([n, c, h * w]);
+    }
+    let [(top, bottom), (left, right)] = o.padding;
+    let padded_width = w + left + right;
+    let x = if o.padding == [(0, 0); 2] {
+        x
+    } else {
+        x.pad(o.padding, PadMode::Constant(0.0))
+    };
+    let planes = x.reshape([n, c, (h + top + bottom) * padded_width]);
+    let rows = |tap: usize, axis: usize| {
+        (0..out[axis]).map(move |p| p * o.stride[axis] + tap * o.dilation[axis])
+    };
+    let positions: Vec<i64> = (0..kernel[0])
+        .flat_map(|i| (0..kernel[1]).map(move |j| (i, j)))
+        .flat_map(|(i, j)| {
+            rows(i, 0).flat_map(move |y| rows(j, 1).map(move |x| (y * padded_width + x) as i64))
+        })
+        .collect();
+    let len = positions.len();
+    let indices = Tensor::<1, Int>::from_data(TensorData::new(positions, [len]), &planes.device());
+    planes.select(2, indices)
 }
 
 /// Shape checks with messages that name what disagrees (every device).
@@ -189,5 +364,62 @@ mod cpu {
             with_bias,
             options,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tensor, Tolerance};
+
+    use super::*;
+
+    /// The unfolded convolution against burn's, output and gradients, on the first CPU device
+    /// compiled in (the GPU path is tested in `tests/conv.rs`): strides, asymmetric padding,
+    /// dilation, groups, bias, and runs of one and two samples.
+    #[test]
+    fn unfold_conv2d_matches_burn_conv2d_in_runs() {
+        let name = crate::device::available_devices()[0];
+        let device = crate::device::device_from_name(name).unwrap().autodiff();
+        device.seed(3);
+        // (x, weight, stride, padding, dilation, groups, bias)
+        #[rustfmt::skip]
+        let cases = [
+            ([3, 8, 7, 6], [12, 8, 1, 1], [1, 1], [(0, 0); 2], [1, 1], 1, false),
+            ([3, 6, 9, 9], [10, 6, 1, 1], [2, 2], [(0, 0); 2], [1, 1], 1, false),
+            ([3, 8, 7, 7], [12, 2, 3, 3], [1, 1], [(1, 1); 2], [1, 1], 4, true),
+            ([2, 6, 10, 10], [4, 3, 3, 2], [2, 1], [(0, 2), (3, 1)], [2, 1], 2, true),
+            ([2, 3, 15, 15], [8, 3, 7, 7], [2, 2], [(3, 3); 2], [1, 1], 1, false),
+        ];
+        for (xs, ws, stride, padding, dilation, groups, with_bias) in cases {
+            let o = ConvOptions::new_with_padding(stride, padding, dilation, groups);
+            let x = Tensor::<4>::random(xs, Distribution::Default, &device).require_grad();
+            let w = Tensor::<4>::random(ws, Distribution::Default, &device).require_grad();
+            let b = with_bias
+                .then(|| Tensor::<1>::random([ws[0]], Distribution::Default, &device))
+                .map(Tensor::require_grad);
+            let expected = burn_conv2d(x.clone(), w.clone(), b.clone(), o.clone());
+            let dy = Tensor::<4>::random(expected.dims(), Distribution::Default, &device);
+            let grads = (expected.clone() * dy.clone()).sum().backward();
+            let reference = [x.grad(&grads), w.grad(&grads)].map(|g| g.expect("a gradient"));
+            let per_sample = xs[1] * ws[2] * ws[3] * expected.dims()[2] * expected.dims()[3];
+            for limit in [per_sample, 2 * per_sample, usize::MAX] {
+                let what = format!("x {xs:?} w {ws:?} runs of {}", limit / per_sample);
+                let y = unfold_conv2d_in_runs(x.clone(), w.clone(), b.clone(), &o, limit);
+                let tol = Tolerance::absolute(1e-4);
+                y.to_data()
+                    .assert_approx_eq::<f32>(&expected.to_data(), tol);
+                let grads = (y * dy.clone()).sum().backward();
+                for (t, r) in [x.grad(&grads), w.grad(&grads)].iter().zip(&reference) {
+                    let t = t.as_ref().unwrap_or_else(|| panic!("{what}: a gradient"));
+                    t.to_data().assert_approx_eq::<f32>(&r.to_data(), tol);
+                }
+                if let Some(b) = &b {
+                    let db = b.grad(&grads).expect("a bias gradient");
+                    let expected_db = dy.clone().sum_dim(0).sum_dim(2).sum_dim(3).reshape([-1]);
+                    db.to_data()
+                        .assert_approx_eq::<f32>(&expected_db.to_data(), tol);
+                }
+            }
+        }
     }
 }

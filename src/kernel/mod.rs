@@ -1,7 +1,8 @@
 //! Fused normalisation kernels: the whole IBN layer, instance norm and the batch-norm
 //! transform as one pass over the activations, with hand-written backward passes; and the
 //! convolution every model uses, [`conv2d`] (this crate's im2col + matrix-product kernels on
-//! flex and ndarray, Winograd F(2x2, 3x3) for their 3x3 stride-1 convolutions, burn's
+//! flex and ndarray, Winograd F(2x2, 3x3) for their 3x3 stride-1 convolutions; for inference
+//! on GPU devices an unfolding gather and one batched matrix product, [`GpuConv`]; burn's
 //! convolution elsewhere). On flex and ndarray the models' max pooling (in evaluation) runs
 //! through a kernel of this crate too, and the crate's CPU loops are compiled for AVX-512 and
 //! AVX2 as well as the baseline, chosen at run time (`simd_level`, `set_max_simd`).
@@ -74,7 +75,7 @@ mod winograd;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub use conv::ConvKernels;
 pub(crate) use conv::conv2d_module;
-pub use conv::{conv2d, set_winograd, winograd_enabled};
+pub use conv::{GpuConv, conv2d, gpu_conv, set_gpu_conv, set_winograd, winograd_enabled};
 pub(crate) use pool::max_pool2d_module;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub use simd::{SimdLevel, set_max_simd, simd_level};
