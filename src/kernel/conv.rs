@@ -167,8 +167,13 @@ fn unfold_conv2d_in_runs(
     let [oh, ow] = output_size(&x, &weight, o);
     let depth = c_group * kh * kw;
     let weight = weight.reshape([1, groups, c_out / groups, depth]);
+    // Samples per run: all of them when the input is the unfolded matrix already.
     let per_sample = (c_in * kh * kw * oh * ow).max(1);
-    let run = (limit / per_sample).clamp(1, n.max(1));
+    let run = if is_unfolded([kh, kw], o) {
+        n
+    } else {
+        (limit / per_sample).clamp(1, n.max(1))
+    };
     let product = |x: Tensor<4>| {
         let batch = x.dims()[0];
         let columns = unfold(x, [kh, kw], [oh, ow], o).reshape([batch, groups, depth, oh * ow]);
@@ -207,13 +212,19 @@ fn output_size(x: &Tensor<4>, weight: &Tensor<4>, o: &ConvOptions<2>) -> [usize;
         })
 }
 
+/// Whether the input `[N, C_in, H, W]` read as `[N, C_in, H * W]` is its unfolded matrix
+/// (a stride-1 unpadded 1x1 kernel).
+fn is_unfolded(kernel: [usize; 2], o: &ConvOptions<2>) -> bool {
+    kernel == [1, 1] && o.stride == [1, 1] && o.padding == [(0, 0); 2]
+}
+
 /// The unfolded input `[N, C_in, kh * kw * OH * OW]` (per channel, the kernel taps in
 /// row-major order, each with its `OH x OW` window of the zero-padded input, strided and
 /// dilated): one gather (`select`) along the flattened padded planes, whose positions are
 /// the same for every sample and channel.
 fn unfold(x: Tensor<4>, kernel: [usize; 2], out: [usize; 2], o: &ConvOptions<2>) -> Tensor<3> {
     let [n, c, h, w] = x.dims();
-    if kernel == [1, 1] && o.stride == [1, 1] && o.padding == [(0, 0); 2] {
+    if is_unfolded(kernel, o) {
         return x.reshape([n, c, h * w]);
     }
     let [(top, bottom), (left, right)] = o.padding;
