@@ -1,7 +1,7 @@
 //! 2-d convolution: on the CPU backends this crate's im2col + matrix-product kernels (forward
 //! and backward) and Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (output and input
-//! gradient); on GPU (CubeCL) backends an unfolding into one batched matrix product of burn's
-//! (see [`GpuConv`]).
+//! gradient); for inference on GPU (CubeCL) devices an unfolding gather and one batched matrix
+//! product (see [`GpuConv`]).
 
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -23,8 +23,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 /// hold only 0, ±1 and ±1/2; the result stays within float32 rounding of the direct sum; see
 /// [`set_winograd`]). On GPU (CubeCL) devices without autodiff the input is unfolded by one
 /// gather and the convolution computed as one batched matrix product (see [`GpuConv`]).
-/// Other devices use burn's `conv2d`. Differentiable with respect to `x`,
-/// `weight` and `bias`.
+/// Other devices use burn's `conv2d`. Differentiable with respect to `x`, `weight` and `bias`.
 ///
 /// # Shapes
 /// - `x`: `[N, C_in, H, W]`
@@ -78,11 +77,11 @@ pub fn winograd_enabled() -> bool {
 /// on an NVIDIA H200 those took 80 % of the GPU time, while burn's autotuning measured its
 /// matrix-product kernels 7-40x faster than the direct convolution on the model's 1x1
 /// convolutions. [`GpuConv::Unfold`] therefore computes every ungrouped convolution as a
-/// matrix product: one gather (`select`) of the zero-padded input planes writes the unfolded input
-/// `[N, C_in * kh * kw, OH * OW]` (skipped for stride-1 unpadded 1x1 kernels, whose input is
-/// that matrix already), and one batched matrix product with the weights `[groups, C_out /
-/// groups, C_in / groups * kh * kw]` (kernels autotuned by burn) writes the output, already
-/// in NCHW order, so the normalisation kernels that follow need no layout copies. The
+/// matrix product: one gather (`select`) of the zero-padded input planes writes the unfolded
+/// input `[N, C_in * kh * kw, OH * OW]` (skipped for stride-1 unpadded 1x1 kernels, whose
+/// input is that matrix already), and one batched matrix product with the weights `[groups,
+/// C_out / groups, C_in / groups * kh * kw]` (kernels autotuned by burn) writes the output,
+/// already in NCHW order, so the normalisation kernels that follow need no layout copies. The
 /// unfolded input costs `kh * kw` times the input's memory; it is built for a run of samples
 /// at a time, each run's at most 512 MiB.
 ///
