@@ -1,8 +1,9 @@
 //! `ibn_net::kernel::conv2d` (the crate's im2col + matrix-product and Winograd kernels on flex
-//! and ndarray, the unfolded matrix product and burn's convolution on wgpu) against a float64 direct convolution computed
-//! here: output and the gradients of input, weight and bias, over strides, asymmetric padding,
-//! dilation, groups, 1x1 to 7x7 kernels, a non-contiguous input and inputs large enough to be
-//! unfolded in blocks of output rows or transformed in blocks of tiles. The CPU cases run in
+//! and ndarray; on wgpu the unfolded matrix product in inference, burn's convolution under
+//! autodiff) against a float64 direct convolution computed here: output and the gradients of
+//! input, weight and bias, over strides, asymmetric padding, dilation, groups, 1x1 to 7x7
+//! kernels, a non-contiguous input and inputs large enough to be unfolded in blocks of output
+//! rows or transformed in blocks of tiles (CPU devices only). The CPU cases run in
 //! 1- and 2-thread pools, so both batch paths (the batch split into runs of samples across
 //! threads, including a run of two; one sample at a time, parallel inside) are taken on any
 //! machine. Tolerance: 1e-5 of the reference's largest magnitude.
