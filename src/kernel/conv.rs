@@ -42,14 +42,15 @@ pub fn conv2d(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    check(&x, &weight, bias.as_ref(), &options);
+    #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
+    let out = check(&x, &weight, bias.as_ref(), &options);
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     if cpu::on_cpu_backend(&x.device()) {
         return cpu::conv2d(x, weight, bias, options);
     }
     #[cfg(feature = "wgpu")]
     if gpu_conv().unfolds(options.groups) && on_cube_device_without_autodiff(&x.device()) {
-        return unfold_conv2d(x, weight, bias, &options);
+        return unfold_conv2d(x, weight, bias, &options, out);
     }
     burn_conv2d(x, weight, bias, options)
 }
@@ -140,15 +141,16 @@ const UNFOLD_VALUES: usize = 128 << 20;
 
 /// [`conv2d`] as an unfolding plus one batched matrix product, from tensor operations (any
 /// device, differentiable; the GPU inference path of [`conv2d`], see [`GpuConv`]). Shapes as
-/// in [`conv2d`], which has checked them.
+/// in [`conv2d`], which has checked them and found the output size `out` (`[OH, OW]`).
 #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
 fn unfold_conv2d(
     x: Tensor<4>,
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     o: &ConvOptions<2>,
+    out: [usize; 2],
 ) -> Tensor<4> {
-    unfold_conv2d_in_runs(x, weight, bias, o, UNFOLD_VALUES)
+    unfold_conv2d_in_runs(x, weight, bias, o, out, UNFOLD_VALUES)
 }
 
 /// [`unfold_conv2d`] with runs of samples whose unfolded tensor holds at most `limit` values
@@ -158,12 +160,12 @@ fn unfold_conv2d_in_runs(
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     o: &ConvOptions<2>,
+    [oh, ow]: [usize; 2],
     limit: usize,
 ) -> Tensor<4> {
     let [n, c_in, ..] = x.dims();
     let [c_out, c_group, kh, kw] = weight.dims();
     let groups = o.groups;
-    let [oh, ow] = output_size(&x, &weight, o);
     let depth = c_group * kh * kw;
     let weight = weight.reshape([1, groups, c_out / groups, depth]);
     // Samples per run: all of them when the input is the unfolded matrix already.
@@ -194,21 +196,6 @@ fn unfold_conv2d_in_runs(
         Some(bias) => y + bias.reshape([1, c_out, 1, 1]),
         None => y,
     }
-}
-
-/// `[OH, OW]` of a convolution whose shapes [`check`] accepted.
-fn output_size(x: &Tensor<4>, weight: &Tensor<4>, o: &ConvOptions<2>) -> [usize; 2] {
-    let [_, _, h, w] = x.dims();
-    let [_, _, kh, kw] = weight.dims();
-    [(h, kh), (w, kw)]
-        .into_iter()
-        .enumerate()
-        .fold([0; 2], |mut out, (a, (size, k))| {
-            let (begin, end) = o.padding[a];
-            let reach = o.dilation[a] * (k.max(1) - 1) + 1;
-            out[a] = (size + begin + end - reach) / o.stride[a] + 1;
-            out
-        })
 }
 
 /// Whether the input `[N, C_in, H, W]` read as `[N, C_in, H * W]` is its unfolded matrix
@@ -248,8 +235,14 @@ fn unfold(x: Tensor<4>, kernel: [usize; 2], out: [usize; 2], o: &ConvOptions<2>)
     planes.select(2, indices)
 }
 
-/// Shape checks with messages that name what disagrees (every device).
-fn check(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, o: &ConvOptions<2>) {
+/// Shape checks with messages that name what disagrees (every device); the output size
+/// `[OH, OW]`.
+fn check(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    o: &ConvOptions<2>,
+) -> [usize; 2] {
     let [_, c_in, h, w] = x.dims();
     let [c_out, c_group, kh, kw] = weight.dims();
     assert!(
@@ -271,15 +264,17 @@ fn check(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, o: &ConvOp
             bias.dims()[0]
         );
     }
-    for (axis, (size, k)) in [(h, kh), (w, kw)].into_iter().enumerate() {
+    let (size, k) = ([h, w], [kh, kw]);
+    [0, 1].map(|axis| {
         let (begin, end) = o.padding[axis];
-        let reach = o.dilation[axis] * (k.max(1) - 1) + 1;
+        let padded = size[axis] + begin + end;
+        let reach = o.dilation[axis] * (k[axis].max(1) - 1) + 1;
         assert!(
-            size + begin + end >= reach,
-            "conv2d: a kernel spanning {reach} does not fit the padded input size {}",
-            size + begin + end
+            padded >= reach,
+            "conv2d: a kernel spanning {reach} does not fit the padded input size {padded}"
         );
-    }
+        (padded - reach) / o.stride[axis] + 1
+    })
 }
 
 /// [`conv2d`] with the weights, bias and options of a burn `Conv2d` module (what
@@ -407,6 +402,7 @@ mod tests {
             let b = with_bias
                 .then(|| Tensor::<1>::random([ws[0]], Distribution::Default, &device))
                 .map(Tensor::require_grad);
+            let out = check(&x, &w, b.as_ref(), &o);
             let expected = burn_conv2d(x.clone(), w.clone(), b.clone(), o.clone());
             let dy = Tensor::<4>::random(expected.dims(), Distribution::Default, &device);
             let grads = (expected.clone() * dy.clone()).sum().backward();
@@ -414,7 +410,7 @@ mod tests {
             let per_sample = xs[1] * ws[2] * ws[3] * expected.dims()[2] * expected.dims()[3];
             for limit in [per_sample, 2 * per_sample, usize::MAX] {
                 let what = format!("x {xs:?} w {ws:?} runs of {}", limit / per_sample);
-                let y = unfold_conv2d_in_runs(x.clone(), w.clone(), b.clone(), &o, limit);
+                let y = unfold_conv2d_in_runs(x.clone(), w.clone(), b.clone(), &o, out, limit);
                 let tol = Tolerance::absolute(1e-4);
                 y.to_data()
                     .assert_approx_eq::<f32>(&expected.to_data(), tol);
