@@ -1,9 +1,9 @@
-//! `ibn_net::kernel::conv2d` (the crate's im2col + matrix-product and Winograd kernels on flex
-//! and ndarray; on wgpu the unfolded matrix product in inference, burn's convolution under
-//! autodiff) against a float64 direct convolution computed here: output and the gradients of
-//! input, weight and bias, over strides, asymmetric padding, dilation, groups, 1x1 to 7x7
-//! kernels, a non-contiguous input and inputs large enough to be unfolded in blocks of output
-//! rows or transformed in blocks of tiles (CPU devices only). The CPU cases run in
+//! `ibn_net::kernel::conv2d` (on flex and ndarray the crate's im2col + matrix-product,
+//! Winograd and direct kernels; on wgpu the unfolded matrix product in inference, burn's
+//! convolution under autodiff) against a float64 direct convolution computed here: output and
+//! the gradients of input, weight and bias, over strides, asymmetric padding, dilation, groups,
+//! 1x1 to 7x7 kernels, a non-contiguous input and inputs large enough to be unfolded in blocks
+//! of output rows or transformed in blocks of tiles (CPU devices only). The CPU cases run in
 //! 1- and 2-thread pools, so both batch paths (the batch split into runs of samples across
 //! threads, including a run of two; one sample at a time, parallel inside) are taken on any
 //! machine. Tolerance: 1e-5 of the reference's largest magnitude.
@@ -105,8 +105,9 @@ fn cases() -> Vec<Case> {
         dilation: [1, 2],
         ..Case::new(2, 4, 5, 11, 3)
     });
-    // A large input, unfolded a block of output rows at a time (16 x 9 x 290 values per output
-    // row: 100 rows per block, then 50), grouped, strided along the height.
+    // A large input, grouped, strided along the height: computed directly, and its gradients
+    // unfolded a block of output rows at a time (16 x 9 x 290 values per output row: 100
+    // rows per block, then 50).
     cases.push(Case {
         size: [300, 290],
         stride: [2, 1],
@@ -138,9 +139,17 @@ fn cases() -> Vec<Case> {
         bias: true,
         ..Case::new(2, 16, 4, 300, 3)
     });
-    // One sample, a product with enough rows (80 output channels) to be split into blocks of
+    // One sample, im2col (160 x 9 input values per output, more than the direct kernels
+    // take) and a product with enough rows (80 output channels) to be split into blocks of
     // rows across threads (48 and 32 rows with two threads), forward and backward.
-    cases.push(Case::new(1, 16, 80, 6, 3));
+    cases.push(Case::new(1, 160, 80, 6, 3));
+    // ResNeXt's grouped 3x3 at stride 2 (4 channels per group), small.
+    cases.push(Case {
+        groups: 8,
+        stride: [2, 2],
+        bias: true,
+        ..Case::new(2, 32, 32, 11, 3)
+    });
     // Padding wider than the kernel reach: rows and columns made only of padding.
     cases.push(Case {
         padding: [(3, 3), (2, 4)],

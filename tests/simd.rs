@@ -1,8 +1,12 @@
 //! The crate's own CPU loops give bit-identical results at every instruction-set level they
 //! are compiled for (`ibn_net::kernel::set_max_simd`): forward passes of small IBN-a and
 //! IBN-b ResNets in evaluation (normalisation kernels with their epilogues, max pooling,
-//! im2col, Winograd transforms) and the input gradient of a training step. Exact equality:
-//! the loops neither fuse multiply-adds nor reorder their sums between levels.
+//! im2col, Winograd transforms, direct convolution) and the input gradient of a training step.
+//! Exact equality: the loops neither fuse multiply-adds nor reorder their sums between levels.
+//! The direct convolution kernels (the stems and strided 3x3 convolutions here) exist for
+//! AVX2 and AVX-512, with the same fused multiply-adds in the same order; at the baseline
+//! those convolutions take im2col, whose matrix product accumulates these models' short sums
+//! (at most 288 terms) in that same order, so the bits agree there too.
 
 #![cfg(all(any(feature = "flex", feature = "ndarray"), feature = "autodiff"))]
 

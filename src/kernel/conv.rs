@@ -1,6 +1,7 @@
 //! 2-d convolution: on the CPU backends this crate's im2col + matrix-product kernels (forward
-//! and backward) and Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (output and input
-//! gradient); for inference on GPU (CubeCL) devices an unfolding gather and one batched matrix
+//! and backward), Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (output and input
+//! gradient) and a direct kernel for grouped and other small convolutions (output); for
+//! inference on GPU (CubeCL) devices an unfolding gather and one batched matrix
 //! product (see [`GpuConv`]).
 
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -21,7 +22,11 @@ use burn::tensor::{Int, Tensor, TensorData};
 /// algorithm instead for the output and the input gradient (the convolution of the output
 /// gradient with the flipped kernel), which needs 2.25x fewer multiplications (the transforms
 /// hold only 0, ±1 and ±1/2; the result stays within float32 rounding of the direct sum; see
-/// [`set_winograd`]). On GPU (CubeCL) devices without autodiff the input is unfolded by one
+/// [`set_winograd`]). The output of the other convolutions with a kernel larger than 1x1, and
+/// of grouped ones, with at most 1152 input values per group (`C_in / groups * kh * kw`:
+/// ResNeXt's grouped 3x3, the 7x7 stems, the first strided 3x3 of a ResNet), is computed
+/// directly, a tile of output channels by output positions at a time in vector registers, on
+/// CPUs with AVX2 and FMA or AVX-512 (im2col elsewhere). On GPU (CubeCL) devices without autodiff the input is unfolded by one
 /// gather and the convolution computed as one batched matrix product (see [`GpuConv`]).
 /// Other devices use burn's `conv2d`. Differentiable with respect to `x`, `weight` and `bias`.
 ///
@@ -58,9 +63,9 @@ pub fn conv2d(
 static WINOGRAD: AtomicBool = AtomicBool::new(true);
 
 /// Turns the Winograd path of [`conv2d`] (3x3 stride-1 convolutions on flex and ndarray:
-/// output and input gradient) on (the default) or off; off, every CPU convolution is im2col
-/// and one matrix product per sample, as in PyTorch's CPU convolutions. Process-wide; no
-/// effect on other devices.
+/// output and input gradient) on (the default) or off; off, those convolutions are computed
+/// as the others are (im2col and one matrix product per sample, or the direct kernel when
+/// their input channels are few). Process-wide; no effect on other devices.
 pub fn set_winograd(enabled: bool) {
     WINOGRAD.store(enabled, Ordering::Relaxed);
 }

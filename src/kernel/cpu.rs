@@ -342,7 +342,7 @@ mod backends {
     use super::super::im2col::{ConvGeometry, conv2d_backward, conv2d_forward};
     use super::super::pool::cpu::PoolKernels;
     use super::super::pool::{PoolGeometry, max_pool_planes};
-    use super::super::{NormKernels, dims4, winograd};
+    use super::super::{NormKernels, dims4, direct, winograd};
 
     /// Read access to a CPU backend's tensors as contiguous `f32` values.
     pub(super) trait CpuAccess: Backend {
@@ -636,6 +636,8 @@ mod backends {
         let bias = with_bias.then(|| read::<B>(bias));
         let forward = if winograd::applies(&g) {
             winograd::conv2d_forward
+        } else if direct::applies(&g) {
+            direct::conv2d_forward
         } else {
             conv2d_forward
         };

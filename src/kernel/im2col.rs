@@ -43,7 +43,7 @@ pub(super) struct ConvGeometry {
 
 impl ConvGeometry {
     /// Rows of `col` per group: `C_in / groups * kh * kw`.
-    fn k_group(&self) -> usize {
+    pub(super) fn k_group(&self) -> usize {
         self.c_in / self.groups * self.kernel[0] * self.kernel[1]
     }
 
@@ -51,11 +51,11 @@ impl ConvGeometry {
         self.kernel[0] * self.kernel[1]
     }
 
-    fn in_plane(&self) -> usize {
+    pub(super) fn in_plane(&self) -> usize {
         self.h * self.w
     }
 
-    fn out_plane(&self) -> usize {
+    pub(super) fn out_plane(&self) -> usize {
         self.out[0] * self.out[1]
     }
 
@@ -117,7 +117,7 @@ thread_local! {
 }
 
 /// Calls `f` with this thread's scratch buffer of at least `len` values (contents unspecified).
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if len > SCRATCH_KEEP {
@@ -290,7 +290,7 @@ pub(super) fn matmul<T: Slot>(
 
 /// Output positions `lo..hi` along one axis whose input index
 /// `o * stride + tap * dilation - pad` falls inside `0..size`.
-fn valid_range(size: usize, out: usize, stride: usize, offset: isize) -> (usize, usize) {
+pub(super) fn valid_range(size: usize, out: usize, stride: usize, offset: isize) -> (usize, usize) {
     // index = o * stride + offset, need 0 <= index < size.
     let lo = if offset >= 0 {
         0

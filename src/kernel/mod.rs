@@ -1,7 +1,8 @@
 //! Fused normalisation kernels: the whole IBN layer, instance norm and the batch-norm
 //! transform as one pass over the activations, with hand-written backward passes; and the
 //! convolution every model uses, [`conv2d`] (this crate's im2col + matrix-product kernels on
-//! flex and ndarray, Winograd F(2x2, 3x3) for their 3x3 stride-1 convolutions; for inference
+//! flex and ndarray, Winograd F(2x2, 3x3) for their 3x3 stride-1 convolutions and a direct
+//! kernel for grouped and other small ones; for inference
 //! on GPU devices an unfolding gather and one batched matrix product, [`GpuConv`]; burn's
 //! convolution elsewhere). On flex and ndarray the models' max pooling (in evaluation) runs
 //! through a kernel of this crate too, and the crate's CPU loops are compiled for AVX-512 and
@@ -62,6 +63,8 @@ mod conv;
 mod cpu;
 #[cfg(feature = "wgpu")]
 mod cube;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod direct;
 #[cfg(feature = "autodiff")]
 mod grad;
 #[cfg(any(feature = "flex", feature = "ndarray"))]

@@ -23,9 +23,13 @@ pub enum SimdLevel {
 static LIMIT: AtomicU8 = AtomicU8::new(SimdLevel::Avx512 as u8);
 
 /// Caps the instruction set of the crate's own CPU loops (normalisation, pooling, im2col,
-/// Winograd transforms) at `level`; the default is the best the CPU has. Results are the same
-/// at every level (no fused multiply-adds, same summation order), so this is for timing and
-/// checking. Process-wide; the matrix products (`gemm`) choose their own.
+/// Winograd transforms, direct convolution) at `level`; the default is the best the CPU has.
+/// Results are the same at every level (no fused multiply-adds, same summation order), so
+/// this is for timing and checking. One exception: the direct convolution kernels exist for
+/// AVX2 and AVX-512 only (fused multiply-adds, in the same order in both); below AVX2 the
+/// convolutions they take go through im2col and a matrix product, whose sums may round
+/// differently where the product splits them. Process-wide; the matrix products (`gemm`)
+/// choose their own.
 pub fn set_max_simd(level: SimdLevel) {
     LIMIT.store(level as u8, Ordering::Relaxed);
 }
