@@ -119,30 +119,34 @@ fn main() {
         });
     }
 
-    // Convolutions of ResNet-50: burn's `conv2d` vs this crate's (`ibn_net::kernel::conv2d`,
-    // its own kernels on flex and ndarray; the same call as burn's elsewhere). The 3x3 stride-1
-    // ones also with the Winograd path turned off (im2col + one product).
+    // Convolutions of ResNet-50 and ResNeXt-50 (32x4d): burn's `conv2d` vs this crate's
+    // (`ibn_net::kernel::conv2d`, its own kernels on flex and ndarray; the same call as
+    // burn's elsewhere). The 3x3 stride-1 ones also with the Winograd path turned off.
     let convs = [
-        ("conv 7x7/2 stem", [3, 224], 64, 7, 2),
-        ("conv 3x3", [64, 56], 64, 3, 1),
-        ("conv 3x3", [128, 28], 128, 3, 1),
-        ("conv 3x3", [256, 14], 256, 3, 1),
-        ("conv 3x3", [512, 7], 512, 3, 1),
-        ("conv 1x1", [64, 56], 256, 1, 1),
-        ("conv 1x1/2 downsample", [256, 56], 512, 1, 2),
+        ("conv 7x7/2 stem", [3, 224], 64, 7, 2, 1),
+        ("conv 3x3", [64, 56], 64, 3, 1, 1),
+        ("conv 3x3", [128, 28], 128, 3, 1, 1),
+        ("conv 3x3", [256, 14], 256, 3, 1, 1),
+        ("conv 3x3", [512, 7], 512, 3, 1, 1),
+        ("conv 3x3/2", [128, 56], 128, 3, 2, 1),
+        ("conv 3x3 32 groups", [128, 56], 128, 3, 1, 32),
+        ("conv 3x3/2 32 groups", [512, 28], 512, 3, 2, 32),
+        ("conv 3x3 32 groups", [1024, 7], 1024, 3, 1, 32),
+        ("conv 1x1", [64, 56], 256, 1, 1, 1),
+        ("conv 1x1/2 downsample", [256, 56], 512, 1, 2, 1),
     ];
-    for (label, [c_in, size], c_out, k, stride) in convs {
+    for (label, [c_in, size], c_out, k, stride, groups) in convs {
         let shape = [batch, c_in, size, size];
         let x = input(shape, &device);
-        let w = input([c_out, c_in, k, k], &device);
-        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], 1);
+        let w = input([c_out, c_in / groups, k, k], &device);
+        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], groups);
         bench(&format!("{label}, burn"), shape, iters, &x, |x| {
             module::conv2d(x, w.clone(), None, options.clone())
         });
         bench(&format!("{label}, ibn-net"), shape, iters, &x, |x| {
             kernel::conv2d(x, w.clone(), None, options.clone())
         });
-        if k == 3 && stride == 1 {
+        if k == 3 && stride == 1 && groups == 1 {
             kernel::set_winograd(false);
             bench(
                 &format!("{label}, ibn-net, winograd off"),
