@@ -115,29 +115,31 @@ fn cases() -> Vec<Case> {
         bias: true,
         ..Case::new(2, 16, 4, 300, 3)
     });
-    // Winograd F(2x2, 3x3) (3x3, stride 1, at least 32 tiles of 2x2 outputs): odd and
-    // unequal output sizes (13 x 9, partial tiles at the bottom and right), asymmetric
+    // Winograd F(2x2, 3x3) (3x3, stride 1, at least 32 tiles of 2x2 outputs, more than 32
+    // output channels: fewer go to the direct kernel when the batch has a sample per thread):
+    // odd and unequal output sizes (13 x 9, partial tiles at the bottom and right), asymmetric
     // padding, bias.
     cases.push(Case {
         size: [13, 10],
         padding: [(0, 2), (1, 0)],
         bias: true,
-        ..Case::new(2, 5, 6, 13, 3)
+        ..Case::new(2, 5, 36, 13, 3)
     });
     // Winograd with end padding wider than 2 (the input gradient's convolution then reads
     // output-gradient columns beyond the ones its tiles need).
     cases.push(Case {
         padding: [(1, 3), (0, 3)],
-        ..Case::new(2, 4, 5, 10, 3)
+        ..Case::new(2, 4, 34, 10, 3)
     });
     // Winograd, tiles in blocks of whole samples (169 tiles each; 3 samples fit a block, the
     // last block holds one).
     cases.push(Case::new(4, 100, 100, 26, 3));
-    // Winograd, a large input transformed a block of tile rows at a time.
+    // Winograd, a large input transformed a block of tile rows at a time (145 tiles of 56
+    // transformed values per tile row: 15 rows per block).
     cases.push(Case {
-        size: [300, 290],
+        size: [100, 290],
         bias: true,
-        ..Case::new(2, 16, 4, 300, 3)
+        ..Case::new(2, 16, 40, 100, 3)
     });
     // One sample, im2col (160 x 9 input values per output, more than the direct kernels
     // take) and a product with enough rows (80 output channels) to be split into blocks of
@@ -321,9 +323,9 @@ fn conv2d_matches_a_float64_direct_convolution_on_every_backend() {
     }
 }
 
-/// The Winograd path is a different computation from im2col (different rounding, so not
-/// bit-identical on random data) with the same result to float32 rounding; the switch turns
-/// it off. On each CPU device (the devices with the crate's own kernels).
+/// The Winograd path is a different computation from the direct kernel or im2col (different
+/// rounding, so not bit-identical on random data) with the same result to float32 rounding;
+/// the switch turns it off. On each CPU device (the devices with the crate's own kernels).
 #[test]
 fn winograd_switch_selects_the_algorithm() {
     let _switch = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
@@ -331,7 +333,7 @@ fn winograd_switch_selects_the_algorithm() {
         let device = device_from_name(name).unwrap();
         device.seed(5);
         let x = Tensor::<4>::random([2, 8, 16, 16], Distribution::Default, &device);
-        let w = Tensor::<4>::random([8, 8, 3, 3], Distribution::Default, &device);
+        let w = Tensor::<4>::random([40, 8, 3, 3], Distribution::Default, &device);
         let conv = |winograd: bool| {
             set_winograd(winograd);
             let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);

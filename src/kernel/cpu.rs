@@ -634,7 +634,7 @@ mod backends {
         let (dtype, device) = (x.dtype(), x.device());
         let g = conv_geometry(&x.shape(), &weight.shape(), &options);
         let bias = with_bias.then(|| read::<B>(bias));
-        let forward = if winograd::applies(&g) {
+        let forward = if winograd::applies(&g) && !direct::preferred_over_winograd(&g) {
             winograd::conv2d_forward
         } else if direct::applies(&g) {
             direct::conv2d_forward
