@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::{check_positive, conv};
 use crate::error::Result;
-use crate::kernel::{Epilogue, conv2d_module};
+use crate::kernel::{Epilogue, avg_pool2d_module, conv2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, IbnConfig, Norm2d};
 
 /// Configuration of a [`DenseLayer`].
@@ -163,7 +163,8 @@ pub struct TransitionConfig {
     pub out_channels: usize,
 }
 
-/// `norm -> ReLU -> conv1x1 -> avgpool 2x2`.
+/// `norm -> ReLU -> conv1x1 -> avgpool 2x2` (computed as `norm -> ReLU -> avgpool 2x2 ->
+/// conv1x1`, the same map with 4x fewer products).
 #[derive(Module, Debug)]
 pub struct Transition {
     /// Batch norm.
@@ -196,6 +197,8 @@ impl Transition {
     /// - output: `[N, C_out, H / 2, W / 2]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let out = self.norm.forward_with(input, Epilogue::relu());
-        self.pool.forward(conv2d_module(&self.conv, out))
+        // Average pooling (unpadded) commutes with the 1x1 convolution, bias included: pooled
+        // first, the convolution runs on a quarter of the positions.
+        conv2d_module(&self.conv, avg_pool2d_module(&self.pool, out))
     }
 }

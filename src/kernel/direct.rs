@@ -40,7 +40,7 @@ const MAX_K_GROUP: usize = 1152;
 /// (1x1 ones are matrix products as they stand), with at most [`MAX_K_GROUP`] input values
 /// per group. Meant for the convolutions the Winograd path does not take.
 pub(super) fn applies(g: &ConvGeometry) -> bool {
-    Isa::at(simd_level()).is_some()
+    available()
         && g.c_in > 0
         && g.c_out > 0
         && (g.groups > 1 || g.kernel != [1, 1])
@@ -55,6 +55,12 @@ pub(super) fn applies(g: &ConvGeometry) -> bool {
 /// faster than Winograd; at batch 1, 0.8-1.1x.
 pub(super) fn preferred_over_winograd(g: &ConvGeometry) -> bool {
     applies(g) && g.c_out / g.groups <= 32 && g.batch >= rayon::current_num_threads()
+}
+
+/// Whether this CPU runs the direct kernels (AVX2 with FMA, or AVX-512, within the
+/// [`set_max_simd`](super::set_max_simd) cap).
+pub(super) fn available() -> bool {
+    Isa::at(simd_level()).is_some()
 }
 
 /// Sizes of one group's phase planes and output tiles, and the tile kernels that compute.

@@ -79,7 +79,7 @@ mod winograd;
 pub use conv::ConvKernels;
 pub(crate) use conv::conv2d_module;
 pub use conv::{GpuConv, conv2d, gpu_conv, set_gpu_conv, set_winograd, winograd_enabled};
-pub(crate) use pool::max_pool2d_module;
+pub(crate) use pool::{avg_pool2d_module, max_pool2d_module};
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub use simd::{SimdLevel, set_max_simd, simd_level};
 

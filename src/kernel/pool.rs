@@ -1,4 +1,5 @@
-//! 2-d max pooling: this crate's kernel on CPU devices in evaluation, burn's elsewhere.
+//! 2-d max pooling: this crate's kernel on CPU devices in evaluation, burn's elsewhere; 2-d
+//! average pooling over power-of-two windows as a depthwise convolution on the same devices.
 //!
 //! burn-flex pools every output value on its own, computing the index of the maximum (also
 //! when it is not wanted) and the valid part of the window with divisions: the stem's pooling
@@ -6,7 +7,7 @@
 //! two separable passes over contiguous rows (the maximum along each input row's windows, then
 //! across the window's rows), without indices.
 
-use burn::nn::pool::MaxPool2d;
+use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::tensor::Tensor;
 
 /// What `pool.forward(x)` computes (burn's `MaxPool2d`): on flex and ndarray devices without
@@ -41,6 +42,46 @@ pub(crate) fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
             && super::conv::on_cpu_backend(&device)
         {
             return cpu::max_pool2d(x, g.kernel, g.stride, g.padding, g.dilation);
+        }
+    }
+    pool.forward(x)
+}
+
+/// What `pool.forward(x)` computes (burn's `AvgPool2d`): on flex and ndarray devices without
+/// autodiff, on CPUs with the direct convolution kernels (AVX2 or AVX-512), for unpadded
+/// windows of a power-of-two size (`1 / (kh * kw)` is then an exact scale) that fit the
+/// input, as a depthwise convolution with weights `1 / (kh * kw)` through the crate's direct
+/// kernel, equal to burn's sum-then-divide bit for bit; otherwise by burn's.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]`
+/// - output: `[N, C, OH, OW]`, `OH = (H - kh) / stride + 1`
+pub(crate) fn avg_pool2d_module(pool: &AvgPool2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    {
+        use burn::nn::PaddingConfig2d;
+        use burn::tensor::ops::ConvOptions;
+
+        let [_, c, h, w] = x.dims();
+        let [kh, kw] = pool.kernel_size;
+        let unpadded = matches!(
+            pool.padding,
+            PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)
+        );
+        let device = x.device();
+        if unpadded
+            && !pool.ceil_mode
+            && (kh * kw).is_power_of_two()
+            && (1..=h).contains(&kh)
+            && (1..=w).contains(&kw)
+            && c > 0
+            && super::direct::available()
+            && !device.is_autodiff()
+            && super::conv::on_cpu_backend(&device)
+        {
+            let weight = Tensor::full([c, 1, kh, kw], 1.0 / (kh * kw) as f32, &device);
+            let options = ConvOptions::new(pool.stride, [0, 0], [1, 1], c);
+            return super::conv::conv2d(x, weight, None, options);
         }
     }
     pool.forward(x)
@@ -343,6 +384,54 @@ mod tests {
                 let expected =
                     Tensor::<4>::from_data(TensorData::new(expected, out.dims()), &device);
                 assert_eq!(bits(out), bits(expected), "with NaN and ties, {what}");
+            }
+        }
+    }
+
+    /// Average pooling over power-of-two windows as a depthwise convolution equals burn's
+    /// `AvgPool2d` bit for bit (scaling by a power of two is exact, and the direct kernel
+    /// sums a window's values in burn's order); other windows and padded pools are burn's
+    /// own. On the CPU devices.
+    #[test]
+    fn avg_pool_equals_burn() {
+        use burn::nn::pool::AvgPool2dConfig;
+
+        // (input [H, W], kernel, stride, padding)
+        type Case = ([usize; 2], [usize; 2], [usize; 2], usize);
+        let cases: [Case; 6] = [
+            ([56, 56], [2, 2], [2, 2], 0),
+            ([13, 9], [2, 2], [2, 2], 0),
+            ([7, 10], [4, 2], [1, 3], 0),
+            ([2, 2], [2, 2], [2, 2], 0),
+            ([9, 9], [3, 3], [2, 2], 0),
+            ([8, 8], [2, 2], [2, 2], 1),
+        ];
+        for name in available_devices() {
+            let device: Device = device_from_name(name).unwrap();
+            if !super::super::conv::on_cpu_backend(&device) {
+                continue;
+            }
+            for (input, kernel, stride, padding) in cases {
+                let what = format!(
+                    "avg pool {input:?} kernel {kernel:?} stride {stride:?} padding {padding} \
+                     on {name}"
+                );
+                let x = Tensor::<4>::random(
+                    [2, 5, input[0], input[1]],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                );
+                let pool = AvgPool2dConfig::new(kernel)
+                    .with_strides(stride)
+                    .with_padding(PaddingConfig2d::Explicit(
+                        padding, padding, padding, padding,
+                    ))
+                    .init();
+                assert_eq!(
+                    bits(super::avg_pool2d_module(&pool, x.clone())),
+                    bits(pool.forward(x.clone())),
+                    "{what}"
+                );
             }
         }
     }
