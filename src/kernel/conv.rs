@@ -271,15 +271,28 @@ fn check(
     }
     let (size, k) = ([h, w], [kh, kw]);
     [0, 1].map(|axis| {
-        let (begin, end) = o.padding[axis];
-        let padded = size[axis] + begin + end;
-        let reach = o.dilation[axis] * (k[axis].max(1) - 1) + 1;
-        assert!(
-            padded >= reach,
-            "conv2d: a kernel spanning {reach} does not fit the padded input size {padded}"
-        );
-        (padded - reach) / o.stride[axis] + 1
+        output_size(size[axis], k[axis], o, axis).unwrap_or_else(|(reach, padded)| {
+            panic!("conv2d: a kernel spanning {reach} does not fit the padded input size {padded}")
+        })
     })
+}
+
+/// Output size along `axis` (0: height, 1: width) of a convolution of an input `size` long
+/// by a kernel `k` long with options `o`; `Err((kernel reach, padded input size))` when the
+/// kernel does not fit the padded input.
+pub(super) fn output_size(
+    size: usize,
+    k: usize,
+    o: &ConvOptions<2>,
+    axis: usize,
+) -> Result<usize, (usize, usize)> {
+    let (begin, end) = o.padding[axis];
+    let padded = size + begin + end;
+    let reach = o.dilation[axis] * (k.max(1) - 1) + 1;
+    match padded.checked_sub(reach) {
+        Some(room) => Ok(room / o.stride[axis] + 1),
+        None => Err((reach, padded)),
+    }
 }
 
 /// [`conv2d`] with the weights, bias and options of a burn `Conv2d` module (what

@@ -338,7 +338,7 @@ mod backends {
 
     use burn::tensor::ops::ConvOptions;
 
-    use super::super::conv::ConvKernels;
+    use super::super::conv::{ConvKernels, output_size};
     use super::super::im2col::{ConvGeometry, conv2d_backward, conv2d_forward};
     use super::super::pool::cpu::PoolKernels;
     use super::super::pool::{PoolGeometry, max_pool_planes};
@@ -606,8 +606,7 @@ mod backends {
         let [batch, c_in, h, w] = dims4(x);
         let [c_out, _, kh, kw] = dims4(weight);
         let out_size = |size: usize, k: usize, axis: usize| {
-            let (begin, end) = options.padding[axis];
-            (size + begin + end - options.dilation[axis] * (k - 1) - 1) / options.stride[axis] + 1
+            output_size(size, k, options, axis).expect("the kernel fits (checked by conv2d)")
         };
         ConvGeometry {
             batch,
