@@ -449,63 +449,84 @@ mod x86 {
         unsafe fn store(self, p: *mut f32);
     }
 
-    impl Vector for __m512 {
-        const LANES: usize = 16;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            // SAFETY: the caller runs on a CPU with these instructions.
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            // SAFETY: the caller runs on a CPU with these instructions.
-            unsafe { _mm512_set1_ps(v) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            // SAFETY: the caller's pointer holds 16 values.
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            // SAFETY: the caller runs on a CPU with these instructions.
-            unsafe { _mm512_fmadd_ps(a, b, self) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            // SAFETY: the caller's pointer has room for 16 values.
-            unsafe { _mm512_storeu_ps(p, self) }
-        }
+    /// The [`Vector`] implementation for one register type, and `$kernel`: [`tiles`] compiled
+    /// for `$features` with that register.
+    macro_rules! isa {
+        (
+            $kernel:ident, $features:literal, $doc:literal, $vector:ty, $lanes:literal,
+            $zero:ident, $splat:ident, $load:ident, $fma:ident, $store:ident
+        ) => {
+            impl Vector for $vector {
+                const LANES: usize = $lanes;
+                #[inline(always)]
+                unsafe fn zero() -> Self {
+                    // SAFETY: the caller runs on a CPU with these instructions.
+                    unsafe { $zero() }
+                }
+                #[inline(always)]
+                unsafe fn splat(v: f32) -> Self {
+                    // SAFETY: as above.
+                    unsafe { $splat(v) }
+                }
+                #[inline(always)]
+                unsafe fn load(p: *const f32) -> Self {
+                    // SAFETY: as above, and the caller's pointer holds `LANES` values.
+                    unsafe { $load(p) }
+                }
+                #[inline(always)]
+                unsafe fn fma(self, a: Self, b: Self) -> Self {
+                    // SAFETY: as above.
+                    unsafe { $fma(a, b, self) }
+                }
+                #[inline(always)]
+                unsafe fn store(self, p: *mut f32) {
+                    // SAFETY: as above, and the caller's pointer has room for `LANES` values.
+                    unsafe { $store(p, self) }
+                }
+            }
+
+            #[doc = concat!("[`tiles`] in ", $doc, ".")]
+            ///
+            /// # Safety
+            #[doc = concat!("As [`tiles`], on a CPU with ", $doc, ".")]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $kernel<const N: usize, const T: usize>(
+                layout: &Layout,
+                cig: usize,
+                planes: &[f32],
+                w: &[f32],
+                out: &mut [f32],
+            ) {
+                // SAFETY: as this function's.
+                unsafe { tiles::<$vector, N, T>(layout, cig, planes, w, out) }
+            }
+        };
     }
 
-    impl Vector for __m256 {
-        const LANES: usize = 8;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            // SAFETY: the caller runs on a CPU with these instructions.
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            // SAFETY: the caller runs on a CPU with these instructions.
-            unsafe { _mm256_set1_ps(v) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            // SAFETY: the caller's pointer holds 8 values.
-            unsafe { _mm256_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            // SAFETY: the caller runs on a CPU with these instructions.
-            unsafe { _mm256_fmadd_ps(a, b, self) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            // SAFETY: the caller's pointer has room for 8 values.
-            unsafe { _mm256_storeu_ps(p, self) }
-        }
-    }
+    isa!(
+        avx512,
+        "avx512f",
+        "AVX-512F",
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
+    isa!(
+        avx2,
+        "avx2,fma",
+        "AVX2 with FMA",
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
 
     /// # Safety
     /// The CPU has `V`'s instructions; `planes` holds `cig` channels of `layout.channel`
@@ -550,38 +571,6 @@ mod x86 {
                 }
             }
         }
-    }
-
-    /// [`tiles`] in AVX-512.
-    ///
-    /// # Safety
-    /// As [`tiles`], on a CPU with AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512<const N: usize, const T: usize>(
-        layout: &Layout,
-        cig: usize,
-        planes: &[f32],
-        w: &[f32],
-        out: &mut [f32],
-    ) {
-        // SAFETY: as this function's.
-        unsafe { tiles::<__m512, N, T>(layout, cig, planes, w, out) }
-    }
-
-    /// [`tiles`] in AVX2 with FMA.
-    ///
-    /// # Safety
-    /// As [`tiles`], on a CPU with AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2<const N: usize, const T: usize>(
-        layout: &Layout,
-        cig: usize,
-        planes: &[f32],
-        w: &[f32],
-        out: &mut [f32],
-    ) {
-        // SAFETY: as this function's.
-        unsafe { tiles::<__m256, N, T>(layout, cig, planes, w, out) }
     }
 }
 
@@ -652,62 +641,23 @@ mod tests {
     #[test]
     fn direct_convolution_matches_im2col() {
         let same = [(1, 1), (1, 1)];
+        #[rustfmt::skip]
         let cases = [
             geometry(2, [32, 32, 8], [12, 12], [3, 3], [1, 1], same, [1, 1]),
             geometry(3, [64, 64, 8], [11, 9], [3, 3], [2, 2], same, [1, 1]),
             geometry(1, [60, 45, 3], [7, 7], [3, 3], [1, 1], same, [1, 1]),
             geometry(2, [6, 12, 6], [10, 13], [3, 3], [1, 1], same, [1, 1]),
-            geometry(
-                2,
-                [8, 8, 2],
-                [15, 11],
-                [3, 2],
-                [2, 1],
-                [(0, 2), (3, 1)],
-                [2, 1],
-            ),
-            geometry(
-                1,
-                [6, 15, 3],
-                [14, 17],
-                [5, 5],
-                [3, 2],
-                [(2, 2), (1, 3)],
-                [1, 2],
-            ),
-            geometry(
-                2,
-                [4, 4, 2],
-                [4, 5],
-                [2, 2],
-                [1, 1],
-                [(3, 3), (2, 4)],
-                [1, 1],
-            ),
+            geometry(2, [8, 8, 2], [15, 11], [3, 2], [2, 1], [(0, 2), (3, 1)], [2, 1]),
+            geometry(1, [6, 15, 3], [14, 17], [5, 5], [3, 2], [(2, 2), (1, 3)], [1, 2]),
+            geometry(2, [4, 4, 2], [4, 5], [2, 2], [1, 1], [(3, 3), (2, 4)], [1, 1]),
             geometry(1, [256, 256, 32], [7, 7], [3, 3], [1, 1], same, [1, 1]),
             // Stride 2 over odd and even widths without padding, and over a width of one
             // (the even column phase then reads no column).
-            geometry(
-                2,
-                [8, 12, 4],
-                [9, 10],
-                [3, 3],
-                [2, 2],
-                [(0, 0), (0, 0)],
-                [1, 1],
-            ),
+            geometry(2, [8, 12, 4], [9, 10], [3, 3], [2, 2], [(0, 0), (0, 0)], [1, 1]),
             geometry(2, [8, 12, 4], [6, 1], [3, 3], [2, 2], same, [1, 1]),
             // Ungrouped: the 7x7 stride-2 stem (one sample: the output channels split into
             // tasks of 8, 8 and 4) and a strided 3x3.
-            geometry(
-                1,
-                [3, 20, 1],
-                [23, 19],
-                [7, 7],
-                [2, 2],
-                [(3, 3), (3, 3)],
-                [1, 1],
-            ),
+            geometry(1, [3, 20, 1], [23, 19], [7, 7], [2, 2], [(3, 3), (3, 3)], [1, 1]),
             geometry(2, [16, 24, 1], [12, 13], [3, 3], [2, 2], same, [1, 1]),
         ];
         for (k, g) in cases.iter().enumerate() {
