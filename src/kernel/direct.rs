@@ -1,11 +1,15 @@
-//! Grouped 2-d convolutions on CPU backends, computed directly (forward only).
+//! 2-d convolutions on CPU backends computed directly (forward only): grouped ones, and
+//! ungrouped ones with few input values per output that Winograd does not take.
 //!
 //! A grouped convolution with few channels per group (ResNeXt's 32 groups of 4 to 32
 //! channels) is a poor fit for im2col and a matrix product per group: the products are tiny
 //! (`[C_out / groups, K_g] x [K_g, OH * OW]` with `K_g` 36 to 288), so the unfolding and each
 //! product's set-up cost more than the arithmetic. Here each group's output is accumulated in
 //! registers instead, a tile of output channels by output positions at a time, from the
-//! group's input planes.
+//! group's input planes. The same kernel is faster than im2col for the 7x7 stems and the
+//! strided 3x3 convolutions up to 128 input channels, and than Winograd for 3x3 convolutions
+//! with at most 32 output channels (DenseNet's); BENCHMARKS.md has the measurements. The tile
+//! kernels are AVX-512 and AVX2 intrinsics; elsewhere these convolutions stay on im2col.
 //!
 //! The input planes of a group are first copied, zero-padded, into *phase planes*: with stride
 //! `s`, phase `(a, b)` holds the padded input rows `a, a + s, ...` and columns `b, b + s, ...`,
@@ -17,8 +21,9 @@
 //! every output channel of the tile. The `Wq - OW` positions per row past the output are
 //! computed and dropped (3 % of a 56x56 output, 22 % of a 7x7 one).
 //!
-//! Work is split across threads by (sample, group); each task writes the group's output
-//! channels of one sample, a contiguous part of the output.
+//! Work is split across threads by (sample, group), and by blocks of output channels when
+//! that leaves fewer than two tasks per thread; each task writes a contiguous part of the
+//! output.
 
 use core::ops::Range;
 
