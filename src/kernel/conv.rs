@@ -26,7 +26,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 /// of grouped ones, with at most 1152 input values per group (`C_in / groups * kh * kw`:
 /// ResNeXt's grouped 3x3, the 7x7 stems, the first strided 3x3 of a ResNet), is computed
 /// directly, a tile of output channels by output positions at a time in vector registers, on
-/// CPUs with AVX2 and FMA or AVX-512 (im2col elsewhere). On GPU (CubeCL) devices without autodiff the input is unfolded by one
+/// CPUs with AVX2 and FMA or AVX-512 (im2col elsewhere), and so is their input gradient at
+/// stride 1 when Winograd does not take it. On GPU (CubeCL) devices without autodiff the input is unfolded by one
 /// gather and the convolution computed as one batched matrix product (see [`GpuConv`]).
 /// Other devices use burn's `conv2d`. Differentiable with respect to `x`, `weight` and `bias`.
 ///

@@ -659,8 +659,10 @@ mod backends {
         let (dx, dw) = B::with_f32(x, |x| {
             B::with_f32(weight, |w| {
                 B::with_f32(grad, |grad| {
-                    // The input gradient by Winograd where it applies, else with the weight's.
-                    let fast = winograd::input_grad(&g, w, grad);
+                    // The input gradient by Winograd or the direct kernel where they apply,
+                    // else with the weight's.
+                    let fast = winograd::input_grad(&g, w, grad)
+                        .or_else(|| direct::input_grad(&g, w, grad));
                     let (dx, dw) = conv2d_backward(&g, x, w, grad, fast.is_none());
                     (fast.or(dx).expect("an input gradient"), dw)
                 })

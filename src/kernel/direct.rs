@@ -1,5 +1,6 @@
-//! 2-d convolutions on CPU backends computed directly (forward only): grouped ones, and
-//! ungrouped ones with few input values per output that Winograd does not take.
+//! 2-d convolutions on CPU backends computed directly: grouped ones, and ungrouped ones with
+//! few input values per output that Winograd does not take; for stride 1 also their input
+//! gradient (the convolution of the output gradient with the flipped kernel).
 //!
 //! A grouped convolution with few channels per group (ResNeXt's 32 groups of 4 to 32
 //! channels) is a poor fit for im2col and a matrix product per group: the products are tiny
@@ -212,6 +213,45 @@ pub(super) fn conv2d_forward(
         return im2col::conv2d_forward(g, x, weight, bias);
     };
     forward(isa, g, x, weight, bias)
+}
+
+/// The input gradient of a stride-1 convolution `g`, as the direct convolution of `dy`
+/// `[N, C_out, OH, OW]` with the flipped kernel transposed within each group,
+/// `W'[g * cig + c, k, i, j] = W[g * cog + k, c, kh - 1 - i, kw - 1 - j]`, and begin padding
+/// `dilation * (k - 1) - p`: `[N, C_in, H, W]`. `None` when `g` is strided, its begin
+/// padding exceeds the kernel's reach, or the direct kernel does not take that convolution.
+pub(super) fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
+    let [kh, kw] = g.kernel;
+    let reach = [g.dilation[0] * (kh - 1), g.dilation[1] * (kw - 1)];
+    if g.stride != [1, 1] || g.padding[0] > reach[0] || g.padding[1] > reach[1] {
+        return None;
+    }
+    let transposed = ConvGeometry {
+        c_in: g.c_out,
+        h: g.out[0],
+        w: g.out[1],
+        c_out: g.c_in,
+        padding: [reach[0] - g.padding[0], reach[1] - g.padding[1]],
+        out: [g.h, g.w],
+        ..*g
+    };
+    if !applies(&transposed) {
+        return None;
+    }
+    let (cig, cog, taps) = (g.c_in / g.groups, g.c_out / g.groups, kh * kw);
+    let mut flipped = vec![0.0f32; weight.len()];
+    for grp in 0..g.groups {
+        for c in 0..cig {
+            for k in 0..cog {
+                let src = &weight[((grp * cog + k) * cig + c) * taps..][..taps];
+                let dst = &mut flipped[((grp * cig + c) * cog + k) * taps..][..taps];
+                dst.iter_mut()
+                    .zip(src.iter().rev())
+                    .for_each(|(d, s)| *d = *s);
+            }
+        }
+    }
+    Some(conv2d_forward(&transposed, dy, &flipped, None))
 }
 
 /// [`conv2d_forward`] with the tile kernels for `isa`.
@@ -691,6 +731,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The input gradient by the direct kernel against im2col's (the transposed product and
+    /// col2im), over grouped and ungrouped stride-1 convolutions with dilation, asymmetric
+    /// and zero padding and non-square kernels; strided ones are left to im2col.
+    #[test]
+    fn input_gradient_matches_im2col() {
+        let same = [(1, 1), (1, 1)];
+        #[rustfmt::skip]
+        let cases = [
+            geometry(2, [32, 32, 8], [12, 12], [3, 3], [1, 1], same, [1, 1]),
+            geometry(1, [60, 45, 3], [7, 9], [3, 3], [1, 1], same, [1, 1]),
+            geometry(2, [8, 8, 2], [15, 11], [3, 2], [1, 1], [(0, 2), (1, 1)], [2, 1]),
+            geometry(2, [6, 10, 1], [9, 8], [3, 3], [1, 1], [(0, 0), (2, 1)], [1, 1]),
+            geometry(1, [6, 15, 3], [14, 17], [5, 5], [1, 1], [(2, 2), (1, 3)], [1, 2]),
+        ];
+        if isas().is_empty() {
+            return;
+        }
+        for (k, g) in cases.iter().enumerate() {
+            let cig = g.c_in / g.groups;
+            let x = values(g.batch * g.c_in * g.h * g.w, 7 * k as u64);
+            let w = values(g.c_out * cig * g.kernel[0] * g.kernel[1], 7 * k as u64 + 1);
+            let dy = values(g.batch * g.c_out * g.out_plane(), 7 * k as u64 + 2);
+            let (expected, _) = im2col::conv2d_backward(g, &x, &w, &dy, true);
+            let expected = expected.expect("an input gradient");
+            let dx = input_grad(g, &w, &dy).expect("the direct kernel takes it");
+            assert_eq!(dx.len(), expected.len(), "case {k}: size");
+            let worst = dx
+                .iter()
+                .zip(&expected)
+                .map(|(a, e)| (a - e).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "case {k}: off by {worst}");
+        }
+        let strided = geometry(2, [8, 8, 2], [9, 9], [3, 3], [2, 2], same, [1, 1]);
+        assert!(input_grad(&strided, &[0.0; 288], &[0.0; 400]).is_none());
     }
 
     #[test]
