@@ -215,43 +215,18 @@ pub(super) fn conv2d_forward(
     forward(isa, g, x, weight, bias)
 }
 
-/// The input gradient of a stride-1 convolution `g`, as the direct convolution of `dy`
-/// `[N, C_out, OH, OW]` with the flipped kernel transposed within each group,
-/// `W'[g * cig + c, k, i, j] = W[g * cog + k, c, kh - 1 - i, kw - 1 - j]`, and begin padding
-/// `dilation * (k - 1) - p`: `[N, C_in, H, W]`. `None` when `g` is strided, its begin
-/// padding exceeds the kernel's reach, or the direct kernel does not take that convolution.
+/// The input gradient of a stride-1 convolution `g`, `[N, C_in, H, W]`, as the direct
+/// convolution of `dy` `[N, C_out, OH, OW]` with the flipped kernel
+/// ([`ConvGeometry::input_grad_geometry`]). `None` when `g` is strided, its begin padding
+/// exceeds the kernel's reach, or the direct kernel does not take that convolution.
 pub(super) fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
-    let [kh, kw] = g.kernel;
-    let reach = [g.dilation[0] * (kh - 1), g.dilation[1] * (kw - 1)];
-    if g.stride != [1, 1] || g.padding[0] > reach[0] || g.padding[1] > reach[1] {
-        return None;
-    }
-    let transposed = ConvGeometry {
-        c_in: g.c_out,
-        h: g.out[0],
-        w: g.out[1],
-        c_out: g.c_in,
-        padding: [reach[0] - g.padding[0], reach[1] - g.padding[1]],
-        out: [g.h, g.w],
-        ..*g
-    };
-    if !applies(&transposed) {
-        return None;
-    }
-    let (cig, cog, taps) = (g.c_in / g.groups, g.c_out / g.groups, kh * kw);
-    let mut flipped = vec![0.0f32; weight.len()];
-    for grp in 0..g.groups {
-        for c in 0..cig {
-            for k in 0..cog {
-                let src = &weight[((grp * cog + k) * cig + c) * taps..][..taps];
-                let dst = &mut flipped[((grp * cig + c) * cog + k) * taps..][..taps];
-                dst.iter_mut()
-                    .zip(src.iter().rev())
-                    .for_each(|(d, s)| *d = *s);
-            }
-        }
-    }
-    Some(conv2d_forward(&transposed, dy, &flipped, None))
+    let transposed = g.input_grad_geometry().filter(applies)?;
+    Some(conv2d_forward(
+        &transposed,
+        dy,
+        &g.flipped_weights(weight),
+        None,
+    ))
 }
 
 /// [`conv2d_forward`] with the tile kernels for `isa`.

@@ -88,6 +88,50 @@ impl ConvGeometry {
         self.col_len(rows)
     }
 
+    /// The input gradient of this convolution as a convolution (stride 1 only): the output
+    /// gradient `[N, C_out, OH, OW]` convolved with [`Self::flipped_weights`] at begin padding
+    /// `dilation * (k - 1) - padding` gives `[N, C_in, H, W]`. `None` for other strides, or
+    /// when the begin padding exceeds the kernel's reach.
+    pub(super) fn input_grad_geometry(&self) -> Option<ConvGeometry> {
+        let reach = [0, 1].map(|a| self.dilation[a] * (self.kernel[a] - 1));
+        if self.stride != [1, 1] || self.padding[0] > reach[0] || self.padding[1] > reach[1] {
+            return None;
+        }
+        Some(ConvGeometry {
+            c_in: self.c_out,
+            h: self.out[0],
+            w: self.out[1],
+            c_out: self.c_in,
+            padding: [reach[0] - self.padding[0], reach[1] - self.padding[1]],
+            out: [self.h, self.w],
+            ..*self
+        })
+    }
+
+    /// The weights `[C_out, C_in / groups, kh, kw]` of this convolution flipped and transposed
+    /// within each group, `W'[g * cig + c, k, i, j] = W[g * cog + k, c, kh - 1 - i, kw - 1 - j]`:
+    /// the kernel of [`Self::input_grad_geometry`].
+    pub(super) fn flipped_weights(&self, weight: &[f32]) -> Vec<f32> {
+        let (cig, cog, taps) = (
+            self.c_in / self.groups,
+            self.c_out / self.groups,
+            self.taps(),
+        );
+        let mut flipped = vec![0.0f32; weight.len()];
+        for grp in 0..self.groups {
+            for c in 0..cig {
+                for k in 0..cog {
+                    let src = &weight[((grp * cog + k) * cig + c) * taps..][..taps];
+                    let dst = &mut flipped[((grp * cig + c) * cog + k) * taps..][..taps];
+                    dst.iter_mut()
+                        .zip(src.iter().rev())
+                        .for_each(|(d, s)| *d = *s);
+                }
+            }
+        }
+        flipped
+    }
+
     /// `col` is the input itself: 1x1 kernel, unit stride, no padding.
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]

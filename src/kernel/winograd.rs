@@ -63,31 +63,16 @@ pub(super) fn applies(g: &ConvGeometry) -> bool {
 /// `W'[c, k, i, j] = W[k, c, 2 - i, 2 - j]` and padding `2 - p`: `[N, C_in, H, W]`. `None` when
 /// that convolution does not apply.
 pub(super) fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
-    if !applies(g) || g.padding[0] > 2 || g.padding[1] > 2 {
+    if !applies(g) {
         return None;
     }
-    let transposed = ConvGeometry {
-        c_in: g.c_out,
-        h: g.out[0],
-        w: g.out[1],
-        c_out: g.c_in,
-        padding: [2 - g.padding[0], 2 - g.padding[1]],
-        out: [g.h, g.w],
-        ..*g
-    };
-    if !applies(&transposed) {
-        return None;
-    }
-    let mut flipped = vec![0.0f32; weight.len()];
-    for (c, wc) in flipped.chunks_exact_mut(9 * g.c_out).enumerate() {
-        for (k, taps) in wc.chunks_exact_mut(9).enumerate() {
-            let src = &weight[(k * g.c_in + c) * 9..][..9];
-            taps.iter_mut()
-                .zip(src.iter().rev())
-                .for_each(|(d, s)| *d = *s);
-        }
-    }
-    Some(conv2d_forward(&transposed, dy, &flipped, None))
+    let transposed = g.input_grad_geometry().filter(applies)?;
+    Some(conv2d_forward(
+        &transposed,
+        dy,
+        &g.flipped_weights(weight),
+        None,
+    ))
 }
 
 /// Tile rows and tile columns of one output plane.
