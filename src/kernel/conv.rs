@@ -1,8 +1,8 @@
 //! 2-d convolution: on the CPU backends this crate's im2col + matrix-product kernels (forward
 //! and backward), Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (output and input
-//! gradient) and a direct kernel for grouped and other small convolutions (output); for
-//! inference on GPU (CubeCL) devices an unfolding gather and one batched matrix
-//! product (see [`GpuConv`]).
+//! gradient) and a direct kernel for grouped and other small convolutions (output, and
+//! input gradient at stride 1); for inference on GPU (CubeCL) devices an unfolding gather
+//! and one batched matrix product (see [`GpuConv`]).
 
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -27,9 +27,9 @@ use burn::tensor::{Int, Tensor, TensorData};
 /// ResNeXt's grouped 3x3, the 7x7 stems, the first strided 3x3 of a ResNet), is computed
 /// directly, a tile of output channels by output positions at a time in vector registers, on
 /// CPUs with AVX2 and FMA or AVX-512 (im2col elsewhere), and so is their input gradient at
-/// stride 1 when Winograd does not take it. On GPU (CubeCL) devices without autodiff the input is unfolded by one
-/// gather and the convolution computed as one batched matrix product (see [`GpuConv`]).
-/// Other devices use burn's `conv2d`. Differentiable with respect to `x`, `weight` and `bias`.
+/// stride 1 when Winograd does not take it. On GPU (CubeCL) devices without autodiff the
+/// input is unfolded by one gather and the convolution computed as one batched matrix
+/// product (see [`GpuConv`]). Other devices use burn's `conv2d`. Differentiable with respect to `x`, `weight` and `bias`.
 ///
 /// # Shapes
 /// - `x`: `[N, C_in, H, W]`

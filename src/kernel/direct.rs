@@ -561,6 +561,11 @@ mod x86 {
         out: &mut [f32],
     ) {
         let width = T * V::LANES;
+        // The tile shapes here and `Isa::width`, which sized `layout.positions`, agree.
+        assert!(
+            layout.computed(width) <= layout.positions,
+            "tiles of {width} positions within the scratch rows"
+        );
         let taps = layout.taps.len();
         let (planes, w, out) = (planes.as_ptr(), w.as_ptr(), out.as_mut_ptr());
         // SAFETY (every access below): tiles start below `layout.computed(width) <=

@@ -2,9 +2,8 @@
 //! transform as one pass over the activations, with hand-written backward passes; and the
 //! convolution every model uses, [`conv2d`] (this crate's im2col + matrix-product kernels on
 //! flex and ndarray, Winograd F(2x2, 3x3) for their 3x3 stride-1 convolutions and a direct
-//! kernel for grouped and other small ones; for inference
-//! on GPU devices an unfolding gather and one batched matrix product, [`GpuConv`]; burn's
-//! convolution elsewhere). On flex and ndarray the models' max pooling (in evaluation) runs
+//! kernel for grouped and other small ones; for inference on GPU devices an unfolding gather
+//! and one batched matrix product, [`GpuConv`]; burn's convolution elsewhere). On flex and ndarray the models' max pooling (in evaluation) runs
 //! through a kernel of this crate too, and the crate's CPU loops are compiled for AVX-512 and
 //! AVX2 as well as the baseline, chosen at run time (`simd_level`, `set_max_simd`).
 //!
