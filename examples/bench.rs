@@ -8,9 +8,9 @@
 //! ```
 //!
 //! `--no-winograd` turns the Winograd path of the CPU convolutions off
-//! ([`ibn_net::kernel::set_winograd`]); `--gpu-conv` picks the GPU convolution
-//! for inference ([`ibn_net::kernel::set_gpu_conv`]: unfolded matrix product for ungrouped
-//! convolutions, for every convolution, or burn's `conv2d` for all).
+//! ([`ibn_net::kernel::set_winograd`]); `--gpu-conv` picks the GPU convolution, in
+//! evaluation and training ([`ibn_net::kernel::set_gpu_conv`]: unfolded matrix product for
+//! ungrouped convolutions, for every convolution, or burn's `conv2d` for all).
 
 use std::time::Instant;
 

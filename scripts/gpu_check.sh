@@ -17,8 +17,9 @@
 #    when PyTorch with CUDA is installed, PyTorch CUDA eager in the same run
 #    (`scripts/compare.py`), writing the Markdown tables to OUT_DIR/gpu.md (PyTorch's
 #    defaults: cuDNN may use TF32) and OUT_DIR/gpu-fp32.md (TF32 off, float32 like wgpu);
-# 3. times the same models in evaluation with burn's convolutions instead of the unfolded
-#    matrix products (`--gpu-conv burn`, OUT_DIR/models-wgpu-burn-conv.log), and profiles one
+# 3. times the same models (evaluation and the training step) with burn's convolutions
+#    instead of the unfolded matrix products (`--gpu-conv burn`,
+#    OUT_DIR/models-wgpu-burn-conv.log), and profiles one
 #    batch-32 resnet50_ibn_a pass kernel by kernel (OUT_DIR/kernel-profile.md, with the
 #    convolution algorithms burn's autotuning tried; `scripts/kernel_profile.py`);
 # 4. times the norm and IBN layers on wgpu (fused vs composed, eval and training steps).
@@ -107,8 +108,7 @@ if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     compare models-compare --out "$out/gpu.md"
     compare models-compare-fp32 --no-tf32 --out "$out/gpu-fp32.md"
 fi
-step models-wgpu-burn-conv "$bin/bench" --device wgpu "${models[@]}" --json --no-train \
-    --gpu-conv burn
+step models-wgpu-burn-conv "$bin/bench" --device wgpu "${models[@]}" --json --gpu-conv burn
 profile_dir=/tmp/cubecl-profile # where scripts/cubecl-profile.toml sends the logs
 rm -rf "$profile_dir"
 cp scripts/cubecl-profile.toml cubecl.toml

@@ -1,6 +1,6 @@
 //! `ibn_net::kernel::conv2d` (on flex and ndarray the crate's im2col + matrix-product,
-//! Winograd and direct kernels; on wgpu the unfolded matrix product in inference, burn's
-//! convolution under autodiff) against a float64 direct convolution computed here: output and
+//! Winograd and direct kernels; on wgpu the unfolding kernels and matrix products, forward
+//! and backward) against a float64 direct convolution computed here: output and
 //! the gradients of input, weight and bias, over strides, asymmetric padding, dilation, groups,
 //! 1x1 to 7x7 kernels, a non-contiguous input and inputs large enough to be unfolded in blocks
 //! of output rows or transformed in blocks of tiles (CPU devices only). The CPU cases run in
@@ -292,10 +292,9 @@ fn conv2d_matches_a_float64_direct_convolution_on_every_backend() {
         let device = device_from_name(name).unwrap();
         device.seed(11);
         if name == "wgpu" {
-            // The unfolded convolution (forward; gradients run burn's under autodiff), grouped
-            // cases included, over the cases small enough for a software adapter; then burn's
-            // convolution (each new shape is autotuned), whose padding and bias plumbing needs
-            // one case.
+            // The unfolded convolution (forward and gradients), grouped cases included, over
+            // the cases small enough for a software adapter; then burn's convolution (each new
+            // shape is autotuned), whose padding and bias plumbing needs one case.
             set_gpu_conv(GpuConv::UnfoldGrouped);
             let small = |c: &&Case| c.size[0] * c.size[1] * c.c_in * c.c_out < 100_000;
             for case in cases().iter().filter(small) {
@@ -350,10 +349,12 @@ fn winograd_switch_selects_the_algorithm() {
     }
 }
 
-/// On wgpu (when available), the GPU setting picks the algorithm of inference convolutions:
+/// On wgpu (when available), the GPU setting picks the algorithm, in inference and training:
 /// the unfolded matrix product and burn's convolution round differently (not bit-identical on
 /// random data) and agree to float32 rounding; the default unfolds ungrouped convolutions
-/// only, so a grouped one is bit-identical to burn's.
+/// only, so a grouped one is bit-identical to burn's. The crate's unfold and fold kernels run
+/// exactly when the setting unfolds (counted launches).
+#[cfg(feature = "wgpu")]
 #[test]
 fn gpu_conv_setting_selects_the_algorithm() {
     let _switch = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,33 +367,68 @@ fn gpu_conv_setting_selects_the_algorithm() {
     let x = Tensor::<4>::random([2, 8, 12, 12], Distribution::Default, &device);
     let weights =
         [1, 2].map(|g| Tensor::<4>::random([8, 8 / g, 3, 3], Distribution::Default, &device));
-    let conv = |setting: GpuConv, groups: usize| {
+    let launches = ibn_net::kernel::cube_conv_launches;
+    // (output, input gradient of sum(y^2), kernel launches), at stride 2 so that the fold
+    // kernel computes the input gradient.
+    let conv = |setting: GpuConv, groups: usize, train: bool| {
         set_gpu_conv(setting);
+        let before = launches();
+        let options = ConvOptions::new([2, 2], [1, 1], [1, 1], groups);
         let w = weights[groups - 1].clone();
-        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], groups);
-        let y = conv2d(x.clone(), w, None, options).into_data();
+        let result = if train {
+            let ad = device.clone().autodiff();
+            let x = Tensor::<4>::from_data(x.to_data(), &ad).require_grad();
+            let w = Tensor::<4>::from_data(w.into_data(), &ad);
+            let grads = conv2d(x.clone(), w, None, options)
+                .powi_scalar(2)
+                .sum()
+                .backward();
+            x.grad(&grads).expect("an input gradient").into_data()
+        } else {
+            conv2d(x.clone(), w, None, options).into_data()
+        };
         set_gpu_conv(GpuConv::Unfold);
-        y
+        (result, launches() - before)
     };
-    let tolerance = burn::tensor::Tolerance::absolute(1e-4);
-    let (unfolded, burn) = (conv(GpuConv::Unfold, 1), conv(GpuConv::Burn, 1));
-    assert_ne!(
-        unfolded, burn,
-        "ungrouped: both settings ran the same computation"
-    );
-    unfolded.assert_approx_eq::<f32>(&burn, tolerance);
-    let burn = conv(GpuConv::Burn, 2);
-    assert_eq!(
-        conv(GpuConv::Unfold, 2),
-        burn,
-        "grouped: the default runs burn's"
-    );
-    let unfolded = conv(GpuConv::UnfoldGrouped, 2);
-    assert_ne!(
-        unfolded, burn,
-        "grouped: UnfoldGrouped ran burn's convolution"
-    );
-    unfolded.assert_approx_eq::<f32>(&burn, tolerance);
+    // Relative: the input gradients reach ~10^3.
+    let tolerance = burn::tensor::Tolerance::rel_abs(1e-5, 1e-4);
+    for train in [false, true] {
+        let what = if train { "input gradient" } else { "output" };
+        let (unfolded, ran) = conv(GpuConv::Unfold, 1, train);
+        let (burn, burn_ran) = conv(GpuConv::Burn, 1, train);
+        assert_ne!(
+            unfolded, burn,
+            "ungrouped {what}: both settings ran the same computation"
+        );
+        unfolded.assert_approx_eq::<f32>(&burn, tolerance);
+        // Forward: one unfold; training: unfold, then fold and unfold in the backward pass.
+        assert_eq!(
+            ran,
+            if train { 3 } else { 1 },
+            "{what}: unfold kernel launches"
+        );
+        assert_eq!(
+            burn_ran, 0,
+            "{what}: burn's convolution launched unfold kernels"
+        );
+        let (burn, _) = conv(GpuConv::Burn, 2, train);
+        let (default, ran) = conv(GpuConv::Unfold, 2, train);
+        assert_eq!(default, burn, "grouped {what}: the default runs burn's");
+        assert_eq!(
+            ran, 0,
+            "grouped {what}: the default launched unfold kernels"
+        );
+        let (unfolded, ran) = conv(GpuConv::UnfoldGrouped, 2, train);
+        assert_ne!(
+            unfolded, burn,
+            "grouped {what}: UnfoldGrouped ran burn's convolution"
+        );
+        assert!(
+            ran > 0,
+            "grouped {what}: UnfoldGrouped launched no unfold kernel"
+        );
+        unfolded.assert_approx_eq::<f32>(&burn, tolerance);
+    }
 }
 
 /// `conv2d` of zero tensors of these shapes, padding 1.

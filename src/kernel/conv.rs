@@ -1,16 +1,18 @@
 //! 2-d convolution: on the CPU backends this crate's im2col + matrix-product kernels (forward
 //! and backward), Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (output and input
 //! gradient) and a direct kernel for grouped and other small convolutions (output, and
-//! input gradient at stride 1); for inference on GPU (CubeCL) devices an unfolding gather
-//! and one batched matrix product (see [`GpuConv`]).
+//! input gradient at stride 1); on GPU (CubeCL) devices an unfolding kernel and one batched
+//! matrix product, forward and backward (see [`GpuConv`]).
 
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
+use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
 use burn::tensor::module::conv2d as burn_conv2d;
-use burn::tensor::ops::{ConvOptions, PadMode};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::ops::ConvOptions;
 
 /// 2-d convolution with the contract of burn's `burn::tensor::module::conv2d`.
 ///
@@ -27,9 +29,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 /// ResNeXt's grouped 3x3, the 7x7 stems, the first strided 3x3 of a ResNet), is computed
 /// directly, a tile of output channels by output positions at a time in vector registers, on
 /// CPUs with AVX2 and FMA or AVX-512 (im2col elsewhere), and so is their input gradient at
-/// stride 1 when Winograd does not take it. On GPU (CubeCL) devices without autodiff the
-/// input is unfolded by one gather and the convolution computed as one batched matrix
-/// product (see [`GpuConv`]). Other devices use burn's `conv2d`. Differentiable with respect to `x`, `weight` and `bias`.
+/// stride 1 when Winograd does not take it. On GPU (CubeCL) devices the input is unfolded by
+/// a kernel of this crate and the convolution computed as one batched matrix product, its
+/// backward pass as two products and a fold (see [`GpuConv`]). Other devices use burn's
+/// `conv2d`. Differentiable with respect to `x`, `weight` and `bias`.
 ///
 /// # Shapes
 /// - `x`: `[N, C_in, H, W]`
@@ -48,15 +51,14 @@ pub fn conv2d(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
-    let out = check(&x, &weight, bias.as_ref(), &options);
+    check(&x, &weight, bias.as_ref(), &options);
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     if cpu::on_cpu_backend(&x.device()) {
-        return cpu::conv2d(x, weight, bias, options);
+        return conv2d_kernels(x, weight, bias, options);
     }
     #[cfg(feature = "wgpu")]
-    if gpu_conv().unfolds(options.groups) && on_cube_device_without_autodiff(&x.device()) {
-        return unfold_conv2d(x, weight, bias, &options, out);
+    if gpu_conv().unfolds(options.groups) && on_cube_device(&x.device()) {
+        return conv2d_kernels(x, weight, bias, options);
     }
     burn_conv2d(x, weight, bias, options)
 }
@@ -76,24 +78,28 @@ pub fn winograd_enabled() -> bool {
     WINOGRAD.load(Ordering::Relaxed)
 }
 
-/// How [`conv2d`] computes on GPU (CubeCL) devices without autodiff (inference); chosen
-/// with [`set_gpu_conv`].
+/// How [`conv2d`] computes on GPU (CubeCL) devices, in inference and under autodiff;
+/// chosen with [`set_gpu_conv`].
 ///
 /// burn 0.22 offers WGSL shaders (no cooperative-matrix instructions) only a direct
 /// convolution for kernels larger than 1x1; in a kernel profile of resnet50_ibn_a at batch 32
 /// on an NVIDIA H200 those took 80 % of the GPU time, while burn's autotuning measured its
 /// matrix-product kernels 7-40x faster than the direct convolution on the model's 1x1
 /// convolutions. [`GpuConv::Unfold`] therefore computes every ungrouped convolution as a
-/// matrix product: one gather (`select`) of the zero-padded input planes writes the unfolded
-/// input `[N, C_in * kh * kw, OH * OW]` (skipped for stride-1 unpadded 1x1 kernels, whose
-/// input is that matrix already), and one batched matrix product with the weights `[groups,
-/// C_out / groups, C_in / groups * kh * kw]` (kernels autotuned by burn) writes the output,
-/// already in NCHW order, so the normalisation kernels that follow need no layout copies. The
-/// unfolded input costs `kh * kw` times the input's memory; it is built for a run of samples
-/// at a time, each run's at most 512 MiB.
+/// matrix product: a kernel of this crate writes the unfolded input `[N, C_in * kh * kw,
+/// OH * OW]` (per input channel and kernel tap, the window of the zero-padded input it
+/// reads; skipped for stride-1 unpadded 1x1 kernels, whose input is that matrix already),
+/// and one batched matrix product with the weights `[groups, C_out / groups, C_in /
+/// groups * kh * kw]` (kernels autotuned by burn) writes the output, already in NCHW order,
+/// so the normalisation kernels that follow need no layout copies. The unfolded input costs
+/// `kh * kw` times the input's memory; it is built for a run of samples at a time, each
+/// run's at most 512 MiB.
 ///
-/// Under autodiff (training) burn's `conv2d` runs whatever the setting: the gather's
-/// gradient in burn is a scatter-add loop per (sample, channel), a poor fit for a GPU.
+/// Under autodiff the backward pass is computed the same way: the weight gradient as one
+/// product per group of the output gradient with the unfolded input (recomputed, samples
+/// laid side by side so that the product sums over them), the input gradient as the product
+/// of the transposed weights with the output gradient, folded back onto the input by a
+/// second kernel (one unit per input value gathers the values that read it: no atomics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuConv {
     /// Unfold + batched matrix product for ungrouped convolutions, burn's `conv2d` for grouped
@@ -119,9 +125,8 @@ impl GpuConv {
 
 static GPU_CONV: AtomicU8 = AtomicU8::new(0);
 
-/// Chooses how [`conv2d`] computes on GPU (CubeCL) devices without autodiff (see
-/// [`GpuConv`]; default [`GpuConv::Unfold`]). Process-wide; no effect on CPU or autodiff
-/// devices.
+/// Chooses how [`conv2d`] computes on GPU (CubeCL) devices, with or without autodiff (see
+/// [`GpuConv`]; default [`GpuConv::Unfold`]). Process-wide; no effect on CPU devices.
 pub fn set_gpu_conv(algorithm: GpuConv) {
     GPU_CONV.store(algorithm as u8, Ordering::Relaxed);
 }
@@ -135,120 +140,17 @@ pub fn gpu_conv() -> GpuConv {
     }
 }
 
-/// Whether `device` is a CubeCL device (not an autodiff device).
+/// Whether `device` (or the device an autodiff device wraps) is a CubeCL device.
 #[cfg(feature = "wgpu")]
-fn on_cube_device_without_autodiff(device: &burn::tensor::Device) -> bool {
-    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+fn on_cube_device(device: &burn::tensor::Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Cube(_)
+    )
 }
 
-/// Largest unfolded tensor [`unfold_conv2d`] builds at once, in values (512 MiB of float32).
-#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
-const UNFOLD_VALUES: usize = 128 << 20;
-
-/// [`conv2d`] as an unfolding plus one batched matrix product, from tensor operations (any
-/// device, differentiable; the GPU inference path of [`conv2d`], see [`GpuConv`]). Shapes as
-/// in [`conv2d`], which has checked them and found the output size `out` (`[OH, OW]`).
-#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
-fn unfold_conv2d(
-    x: Tensor<4>,
-    weight: Tensor<4>,
-    bias: Option<Tensor<1>>,
-    o: &ConvOptions<2>,
-    out: [usize; 2],
-) -> Tensor<4> {
-    unfold_conv2d_in_runs(x, weight, bias, o, out, UNFOLD_VALUES)
-}
-
-/// [`unfold_conv2d`] with runs of samples whose unfolded tensor holds at most `limit` values
-/// (at least one sample per run).
-fn unfold_conv2d_in_runs(
-    x: Tensor<4>,
-    weight: Tensor<4>,
-    bias: Option<Tensor<1>>,
-    o: &ConvOptions<2>,
-    [oh, ow]: [usize; 2],
-    limit: usize,
-) -> Tensor<4> {
-    let [n, c_in, ..] = x.dims();
-    let [c_out, c_group, kh, kw] = weight.dims();
-    let groups = o.groups;
-    let depth = c_group * kh * kw;
-    let weight = weight.reshape([1, groups, c_out / groups, depth]);
-    // Samples per run: all of them when the input is the unfolded matrix already.
-    let per_sample = (c_in * kh * kw * oh * ow).max(1);
-    let run = if is_unfolded([kh, kw], o) {
-        n
-    } else {
-        (limit / per_sample).clamp(1, n.max(1))
-    };
-    let product = |x: Tensor<4>| {
-        let batch = x.dims()[0];
-        let columns = unfold(x, [kh, kw], [oh, ow], o).reshape([batch, groups, depth, oh * ow]);
-        weight
-            .clone()
-            .matmul(columns)
-            .reshape([batch, c_out, oh, ow])
-    };
-    let y = if run >= n {
-        product(x)
-    } else {
-        let runs = (0..n)
-            .step_by(run)
-            .map(|start| product(x.clone().narrow(0, start, run.min(n - start))))
-            .collect();
-        Tensor::cat(runs, 0)
-    };
-    match bias {
-        Some(bias) => y + bias.reshape([1, c_out, 1, 1]),
-        None => y,
-    }
-}
-
-/// Whether the input `[N, C_in, H, W]` read as `[N, C_in, H * W]` is its unfolded matrix
-/// (a stride-1 unpadded 1x1 kernel).
-fn is_unfolded(kernel: [usize; 2], o: &ConvOptions<2>) -> bool {
-    kernel == [1, 1] && o.stride == [1, 1] && o.padding == [(0, 0); 2]
-}
-
-/// The unfolded input `[N, C_in, kh * kw * OH * OW]` (per channel, the kernel taps in
-/// row-major order, each with its `OH x OW` window of the zero-padded input, strided and
-/// dilated): one gather (`select`) along the flattened padded planes, whose positions are
-/// the same for every sample and channel.
-fn unfold(x: Tensor<4>, kernel: [usize; 2], out: [usize; 2], o: &ConvOptions<2>) -> Tensor<3> {
-    let [n, c, h, w] = x.dims();
-    if is_unfolded(kernel, o) {
-        return x.reshape([n, c, h * w]);
-    }
-    let [(top, bottom), (left, right)] = o.padding;
-    let padded_width = w + left + right;
-    let x = if o.padding == [(0, 0); 2] {
-        x
-    } else {
-        x.pad(o.padding, PadMode::Constant(0.0))
-    };
-    let planes = x.reshape([n, c, (h + top + bottom) * padded_width]);
-    let rows = |tap: usize, axis: usize| {
-        (0..out[axis]).map(move |p| p * o.stride[axis] + tap * o.dilation[axis])
-    };
-    let positions: Vec<i64> = (0..kernel[0])
-        .flat_map(|i| (0..kernel[1]).map(move |j| (i, j)))
-        .flat_map(|(i, j)| {
-            rows(i, 0).flat_map(move |y| rows(j, 1).map(move |x| (y * padded_width + x) as i64))
-        })
-        .collect();
-    let len = positions.len();
-    let indices = Tensor::<1, Int>::from_data(TensorData::new(positions, [len]), &planes.device());
-    planes.select(2, indices)
-}
-
-/// Shape checks with messages that name what disagrees (every device); the output size
-/// `[OH, OW]`.
-fn check(
-    x: &Tensor<4>,
-    weight: &Tensor<4>,
-    bias: Option<&Tensor<1>>,
-    o: &ConvOptions<2>,
-) -> [usize; 2] {
+/// Shape checks with messages that name what disagrees (every device).
+fn check(x: &Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>, o: &ConvOptions<2>) {
     let [_, c_in, h, w] = x.dims();
     let [c_out, c_group, kh, kw] = weight.dims();
     assert!(
@@ -270,12 +172,11 @@ fn check(
             bias.dims()[0]
         );
     }
-    let (size, k) = ([h, w], [kh, kw]);
-    [0, 1].map(|axis| {
-        output_size(size[axis], k[axis], o, axis).unwrap_or_else(|(reach, padded)| {
+    for (axis, (size, k)) in [(h, kh), (w, kw)].into_iter().enumerate() {
+        if let Err((reach, padded)) = output_size(size, k, o, axis) {
             panic!("conv2d: a kernel spanning {reach} does not fit the padded input size {padded}")
-        })
-    })
+        }
+    }
 }
 
 /// Output size along `axis` (0: height, 1: width) of a convolution of an input `size` long
@@ -315,49 +216,96 @@ pub(crate) fn conv2d_module(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
-pub use cpu::ConvKernels;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
 pub(super) use cpu::on_cpu_backend;
+
+/// The backend operations behind [`conv2d`] on the CPU backends and, with the `wgpu`
+/// feature, on CubeCL devices.
+///
+/// Implemented for flex and ndarray (plain Rust over `gemm`), the CubeCL backend (unfolding
+/// kernels and burn's matrix products), burn's fusion wrapper (deferred execution) and
+/// autodiff (hand-written backward pass). Not meant to be called directly.
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "wgpu"),
+    Autodiff: cfg(feature = "autodiff")
+)]
+pub trait ConvKernels: Backend {
+    /// Forward convolution: `x` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, kh,
+    /// kw]`, `bias` `[C_out]` (added when `with_bias`); `[N, C_out, OH, OW]`.
+    #[fusion(meta = forward_meta)]
+    fn conv2d_unfold(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        with_bias: bool,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients of the input and the weight given the output gradient `grad`:
+    /// `(dx [N, C_in, H, W], dweight [C_out, C_in / groups, kh, kw])`.
+    #[fusion(meta = backward_meta)]
+    fn conv2d_unfold_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+#[cfg(feature = "wgpu")]
+type Spec = burn::backend::fusion::custom::TensorSpec;
+
+/// Output metadata of [`ConvKernels::conv2d_unfold`] under kernel fusion.
+#[cfg(feature = "wgpu")]
+fn forward_meta(
+    x: &Spec,
+    weight: &Spec,
+    _bias: &Spec,
+    _with_bias: &bool,
+    options: &ConvOptions<2>,
+) -> Spec {
+    let [n, _, h, w] = super::dims4(&x.shape);
+    let [c_out, _, kh, kw] = super::dims4(&weight.shape);
+    let size = |axis: usize, len: usize, k: usize| {
+        output_size(len, k, options, axis).expect("conv2d checked the kernel fits")
+    };
+    let shape = burn::tensor::Shape::new([n, c_out, size(0, h, kh), size(1, w, kw)]);
+    Spec::new(shape, x.dtype)
+}
+
+/// Output metadata of [`ConvKernels::conv2d_unfold_backward`] under kernel fusion.
+#[cfg(feature = "wgpu")]
+fn backward_meta(x: &Spec, weight: &Spec, _grad: &Spec, _options: &ConvOptions<2>) -> (Spec, Spec) {
+    (x.clone(), weight.clone())
+}
+
+/// [`conv2d`] through [`ConvKernels`] (shapes checked by the caller).
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
+fn conv2d_kernels(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let with_bias = bias.is_some();
+    // Without a bias the kernel gets an unread stand-in.
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
+    Tensor::from_dispatch(<Dispatch as ConvKernels>::conv2d_unfold(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        with_bias,
+        options,
+    ))
+}
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod cpu {
-    // The ndarray backend is deprecated upstream and still supported here.
-    #![allow(deprecated)]
-
-    use burn::backend::tensor::FloatTensor;
-    use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
-    use burn::tensor::ops::ConvOptions;
-    use burn::tensor::{Device, Tensor};
-
-    /// The backend operations behind [`conv2d`](super::conv2d) on CPU backends.
-    ///
-    /// Implemented for flex and ndarray (plain Rust over `gemm`) and autodiff (hand-written
-    /// backward pass). Not meant to be called directly.
-    #[backend_extension(
-        Flex: cfg(feature = "flex"),
-        NdArray: cfg(feature = "ndarray"),
-        Autodiff: cfg(feature = "autodiff")
-    )]
-    pub trait ConvKernels: Backend {
-        /// Forward convolution: `x` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, kh,
-        /// kw]`, `bias` `[C_out]` (added when `with_bias`); `[N, C_out, OH, OW]`.
-        fn conv2d_unfold(
-            x: FloatTensor<Self>,
-            weight: FloatTensor<Self>,
-            bias: FloatTensor<Self>,
-            with_bias: bool,
-            options: ConvOptions<2>,
-        ) -> FloatTensor<Self>;
-
-        /// Gradients of the input and the weight given the output gradient `grad`:
-        /// `(dx [N, C_in, H, W], dweight [C_out, C_in / groups, kh, kw])`.
-        fn conv2d_unfold_backward(
-            x: FloatTensor<Self>,
-            weight: FloatTensor<Self>,
-            grad: FloatTensor<Self>,
-            options: ConvOptions<2>,
-        ) -> (FloatTensor<Self>, FloatTensor<Self>);
-    }
+    use burn::backend::DispatchDevice;
+    use burn::tensor::Device;
 
     /// Whether `device` (or the device an autodiff device wraps) is a CPU backend with these
     /// kernels.
@@ -369,82 +317,6 @@ mod cpu {
             #[cfg(feature = "ndarray")]
             DispatchDevice::NdArray(_) => true,
             _ => false,
-        }
-    }
-
-    pub(super) fn conv2d(
-        x: Tensor<4>,
-        weight: Tensor<4>,
-        bias: Option<Tensor<1>>,
-        options: ConvOptions<2>,
-    ) -> Tensor<4> {
-        let with_bias = bias.is_some();
-        // Without a bias the kernel gets an unread stand-in.
-        let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
-        Tensor::from_dispatch(<Dispatch as ConvKernels>::conv2d_unfold(
-            x.into_dispatch(),
-            weight.into_dispatch(),
-            bias.into_dispatch(),
-            with_bias,
-            options,
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use burn::tensor::{Distribution, Tensor, Tolerance};
-
-    use super::*;
-
-    /// The unfolded convolution against burn's, output and gradients, on the first CPU device
-    /// compiled in (the GPU path is tested in `tests/conv.rs`): strides, asymmetric padding,
-    /// dilation, groups, bias, and runs of one and two samples.
-    #[test]
-    fn unfold_conv2d_matches_burn_conv2d_in_runs() {
-        let name = crate::device::available_devices()[0];
-        let device = crate::device::device_from_name(name).unwrap().autodiff();
-        device.seed(3);
-        // (x, weight, stride, padding, dilation, groups, bias)
-        #[rustfmt::skip]
-        let cases = [
-            ([3, 8, 7, 6], [12, 8, 1, 1], [1, 1], [(0, 0); 2], [1, 1], 1, false),
-            ([3, 6, 9, 9], [10, 6, 1, 1], [2, 2], [(0, 0); 2], [1, 1], 1, false),
-            ([3, 8, 7, 7], [12, 2, 3, 3], [1, 1], [(1, 1); 2], [1, 1], 4, true),
-            ([2, 6, 10, 10], [4, 3, 3, 2], [2, 1], [(0, 2), (3, 1)], [2, 1], 2, true),
-            ([2, 3, 15, 15], [8, 3, 7, 7], [2, 2], [(3, 3); 2], [1, 1], 1, false),
-        ];
-        for (xs, ws, stride, padding, dilation, groups, with_bias) in cases {
-            let o = ConvOptions::new_with_padding(stride, padding, dilation, groups);
-            let x = Tensor::<4>::random(xs, Distribution::Default, &device).require_grad();
-            let w = Tensor::<4>::random(ws, Distribution::Default, &device).require_grad();
-            let b = with_bias
-                .then(|| Tensor::<1>::random([ws[0]], Distribution::Default, &device))
-                .map(Tensor::require_grad);
-            let out = check(&x, &w, b.as_ref(), &o);
-            let expected = burn_conv2d(x.clone(), w.clone(), b.clone(), o.clone());
-            let dy = Tensor::<4>::random(expected.dims(), Distribution::Default, &device);
-            let grads = (expected.clone() * dy.clone()).sum().backward();
-            let reference = [x.grad(&grads), w.grad(&grads)].map(|g| g.expect("a gradient"));
-            let per_sample = xs[1] * ws[2] * ws[3] * expected.dims()[2] * expected.dims()[3];
-            for limit in [per_sample, 2 * per_sample, usize::MAX] {
-                let what = format!("x {xs:?} w {ws:?} runs of {}", limit / per_sample);
-                let y = unfold_conv2d_in_runs(x.clone(), w.clone(), b.clone(), &o, out, limit);
-                let tol = Tolerance::absolute(1e-4);
-                y.to_data()
-                    .assert_approx_eq::<f32>(&expected.to_data(), tol);
-                let grads = (y * dy.clone()).sum().backward();
-                for (t, r) in [x.grad(&grads), w.grad(&grads)].iter().zip(&reference) {
-                    let t = t.as_ref().unwrap_or_else(|| panic!("{what}: a gradient"));
-                    t.to_data().assert_approx_eq::<f32>(&r.to_data(), tol);
-                }
-                if let Some(b) = &b {
-                    let db = b.grad(&grads).expect("a bias gradient");
-                    let expected_db = dy.clone().sum_dim(0).sum_dim(2).sum_dim(3).reshape([-1]);
-                    db.to_data()
-                        .assert_approx_eq::<f32>(&expected_db.to_data(), tol);
-                }
-            }
         }
     }
 }

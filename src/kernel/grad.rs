@@ -9,7 +9,7 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 
 use super::NormKernels;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
 use {
     super::ConvKernels, burn::backend::TensorMetadata, burn::backend::ops::FloatTensorOps,
     burn::tensor::Shape, burn::tensor::ops::ConvOptions,
@@ -242,11 +242,11 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
 }
 
 /// Backward step of the CPU convolution: parents `[x, weight]`.
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
 #[derive(Debug)]
 struct ConvBackward;
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
 impl<B: Backend + ConvKernels> Backward<B, 2> for ConvBackward {
     /// `(x, weight, options)`.
     type State = (NodeId, NodeId, ConvOptions<2>);
@@ -272,7 +272,7 @@ impl<B: Backend + ConvKernels> Backward<B, 2> for ConvBackward {
     }
 }
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
 impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
     fn conv2d_unfold(
         x: FloatTensor<Self>,

@@ -2,10 +2,11 @@
 //! transform as one pass over the activations, with hand-written backward passes; and the
 //! convolution every model uses, [`conv2d`] (this crate's im2col + matrix-product kernels on
 //! flex and ndarray, Winograd F(2x2, 3x3) for their 3x3 stride-1 convolutions and a direct
-//! kernel for grouped and other small ones; for inference on GPU devices an unfolding gather
-//! and one batched matrix product, [`GpuConv`]; burn's convolution elsewhere). On flex and ndarray the models' max pooling (in evaluation) runs
-//! through a kernel of this crate too, and the crate's CPU loops are compiled for AVX-512 and
-//! AVX2 as well as the baseline, chosen at run time (`simd_level`, `set_max_simd`).
+//! kernel for grouped and other small ones; on GPU devices an unfolding kernel and one batched
+//! matrix product, forward and backward, [`GpuConv`]; burn's convolution elsewhere). On flex
+//! and ndarray the models' max pooling (in evaluation) runs through a kernel of this crate
+//! too, and the crate's CPU loops are compiled for AVX-512 and AVX2 as well as the baseline,
+//! chosen at run time (`simd_level`, `set_max_simd`).
 //!
 //! Two primitives cover every normalisation of the crate:
 //!
@@ -62,6 +63,8 @@ mod conv;
 mod cpu;
 #[cfg(feature = "wgpu")]
 mod cube;
+#[cfg(feature = "wgpu")]
+mod cube_conv;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod direct;
 #[cfg(feature = "autodiff")]
@@ -74,7 +77,7 @@ mod simd;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod winograd;
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
 pub use conv::ConvKernels;
 pub(crate) use conv::conv2d_module;
 pub use conv::{GpuConv, conv2d, gpu_conv, set_gpu_conv, set_winograd, winograd_enabled};
@@ -85,6 +88,9 @@ pub use simd::{SimdLevel, set_max_simd, simd_level};
 #[cfg(feature = "wgpu")]
 #[doc(hidden)]
 pub use cube::cube_launches;
+#[cfg(feature = "wgpu")]
+#[doc(hidden)]
+pub use cube_conv::cube_conv_launches;
 
 /// The backend operations behind [`plane_norm`] and [`plane_moments`].
 ///
