@@ -300,14 +300,19 @@ fn group_conv_body(
     // Keep the first `OW` of every `wq` positions, adding the bias.
     let (ow, n_out) = (g.out[1], g.out_plane());
     for c in 0..cog {
-        let add = bias.map_or(0.0, |b| b[c]);
         let src = &out[c * layout.positions..];
-        for (oy, dst) in y[c * n_out..(c + 1) * n_out]
-            .chunks_exact_mut(ow)
-            .enumerate()
-        {
-            for (d, &s) in dst.iter_mut().zip(&src[oy * layout.wq..]) {
-                d.write(s + add);
+        let rows = y[c * n_out..(c + 1) * n_out].chunks_exact_mut(ow);
+        for (oy, dst) in rows.enumerate() {
+            let row = dst.iter_mut().zip(&src[oy * layout.wq..]);
+            // Without a bias the sums are copied as they are (adding 0.0 would turn -0.0
+            // into +0.0, which the other algorithms keep).
+            match bias {
+                Some(b) => row.for_each(|(d, &s)| {
+                    d.write(s + b[c]);
+                }),
+                None => row.for_each(|(d, &s)| {
+                    d.write(s);
+                }),
             }
         }
     }
