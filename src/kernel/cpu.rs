@@ -347,7 +347,7 @@ mod backends {
     /// Read access to a CPU backend's tensors as contiguous `f32` values.
     pub(super) trait CpuAccess: Backend {
         /// Calls `f` with the values of `x` in row-major order (no copy when `x` is already
-        /// contiguous `f32` on flex).
+        /// contiguous `f32`).
         fn with_f32<R>(x: FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R;
     }
 
@@ -368,6 +368,11 @@ mod backends {
     #[cfg(feature = "ndarray")]
     impl CpuAccess for burn::backend::NdArray {
         fn with_f32<R>(x: FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R {
+            if let burn::backend::ndarray::NdArrayTensor::F32(storage) = &x {
+                if let Some(values) = storage.view().as_slice() {
+                    return f(values);
+                }
+            }
             f(&read::<Self>(x))
         }
     }
