@@ -444,4 +444,19 @@ mod tests {
             }
         }
     }
+
+    /// An empty batch gives an empty output and a zero weight gradient.
+    #[test]
+    fn an_empty_batch_gives_empty_results() {
+        let device = crate::device::device_from_name("wgpu").unwrap().autodiff();
+        let x = Tensor::<4>::zeros([0, 4, 9, 9], &device).require_grad();
+        let w = Tensor::<4>::ones([6, 4, 3, 3], &device).require_grad();
+        let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+        let y = super::super::conv2d(x.clone(), w.clone(), None, options);
+        assert_eq!(y.dims(), [0, 6, 5, 5]);
+        let grads = y.sum().backward();
+        let dw = w.grad(&grads).expect("a weight gradient");
+        assert_eq!(dw.dims(), [6, 4, 3, 3]);
+        assert!(dw.into_data().iter::<f32>().all(|v| v == 0.0));
+    }
 }
