@@ -24,6 +24,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
+use cubecl::client::Client;
 use cubecl::prelude::*;
 
 use super::conv::{ConvKernels, output_size};
@@ -231,6 +232,14 @@ impl Geometry {
     }
 }
 
+/// Cube count and dimension for one unit per value of a `total`-value output; counts the
+/// launch (see [`cube_conv_launches`]).
+fn unit_per_value(client: &Client, total: usize) -> (CubeCount, CubeDim) {
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    let dim = CubeDim::new(client, total);
+    (calculate_cube_count_elemwise(client, total, dim), dim)
+}
+
 fn empty_like(x: &CubeTensor, shape: Shape) -> CubeTensor {
     empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype)
 }
@@ -265,10 +274,8 @@ fn unfold(x: CubeTensor, g: &Geometry, samples_inner: bool) -> CubeTensor {
         (positions, rows * positions)
     };
     let client = x.client.clone();
-    let dim = CubeDim::new(&client, total);
-    let count = calculate_cube_count_elemwise(&client, total, dim);
+    let (count, dim) = unit_per_value(&client, total);
     let dtype = dtype_to_storage_type(x.dtype);
-    LAUNCHES.fetch_add(1, Ordering::Relaxed);
     unfold_kernel::launch(
         &client,
         count,
@@ -294,10 +301,8 @@ fn fold(cols: CubeTensor, g: &Geometry) -> CubeTensor {
         return dx;
     }
     let client = cols.client.clone();
-    let dim = CubeDim::new(&client, total);
-    let count = calculate_cube_count_elemwise(&client, total, dim);
+    let (count, dim) = unit_per_value(&client, total);
     let dtype = dtype_to_storage_type(cols.dtype);
-    LAUNCHES.fetch_add(1, Ordering::Relaxed);
     fold_kernel::launch(
         &client,
         count,
