@@ -368,10 +368,10 @@ mod backends {
     #[cfg(feature = "ndarray")]
     impl CpuAccess for burn::backend::NdArray {
         fn with_f32<R>(x: FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R {
-            if let burn::backend::ndarray::NdArrayTensor::F32(storage) = &x {
-                if let Some(values) = storage.view().as_slice() {
-                    return f(values);
-                }
+            if let burn::backend::ndarray::NdArrayTensor::F32(storage) = &x
+                && let Some(values) = storage.view().as_slice()
+            {
+                return f(values);
             }
             f(&read::<Self>(x))
         }
