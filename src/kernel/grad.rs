@@ -241,7 +241,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
     }
 }
 
-/// Backward step of the CPU convolution: parents `[x, weight]`.
+/// Backward step of the convolution kernels (CPU and CubeCL): parents `[x, weight]`.
 #[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
 #[derive(Debug)]
 struct ConvBackward;
