@@ -9,27 +9,28 @@
 # (same architecture, a glibc no newer than the GPU machine's), copy DIR over, run there.
 # The packed test binaries read their fixtures from the checkout this script runs in.
 #
-# 1. runs the kernel, convolution, backend and PyTorch-parity tests; every backend compiled
-#    in (flex, ndarray, wgpu on the machine's GPU adapter) is held to the composed path, to a
-#    float64 convolution and to the PyTorch fixtures, and the backend test compares wgpu with
-#    the CPU;
+# 1. runs the kernel, convolution, backend, PyTorch-parity and training tests; every backend
+#    compiled in (flex, ndarray, wgpu on the machine's GPU adapter) is held to the composed
+#    path, to a float64 convolution and to the PyTorch fixtures, and the backend and training
+#    tests compare wgpu's outputs and parameter gradients with the CPU's;
 # 2. times resnet50_ibn_a/b at batch 32 (and the training step at batch 8) on wgpu and,
 #    when PyTorch with CUDA is installed, PyTorch CUDA eager in the same run
 #    (`scripts/compare.py`), writing the Markdown tables to OUT_DIR/gpu.md (PyTorch's
 #    defaults: cuDNN may use TF32) and OUT_DIR/gpu-fp32.md (TF32 off, float32 like wgpu);
-# 3. times the same models (evaluation and the training step) with burn's convolutions
-#    instead of the unfolded matrix products (`--gpu-conv burn`,
-#    OUT_DIR/models-wgpu-burn-conv.log), and profiles one
+# 3. times the same models in evaluation with burn's convolutions instead of the unfolded
+#    matrix products (`--gpu-conv burn`, OUT_DIR/models-wgpu-burn-conv.log), and profiles one
 #    batch-32 resnet50_ibn_a pass kernel by kernel (OUT_DIR/kernel-profile.md, with the
 #    convolution algorithms burn's autotuning tried; `scripts/kernel_profile.py`);
-# 4. times the norm and IBN layers on wgpu (fused vs composed, eval and training steps).
+# 4. times the norm and IBN layers on wgpu (fused vs composed, eval and training steps);
+# 5. last, as burn's autotuning of its training convolutions has outlasted a step's limit,
+#    times the training step with burn's convolutions (OUT_DIR/train-wgpu-burn-conv.log).
 # Each step logs to OUT_DIR and runs under a time limit (STEP_TIMEOUT seconds, default
 # 300); a failed step does not stop the later ones. GPU use is sampled to OUT_DIR/smi.csv.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ibn-target}"
 features="${IBN_FEATURES:-ndarray wgpu autodiff}" # cargo features of the build (e.g. "vulkan autodiff")
-tests=(fused backends parity conv)
+tests=(fused backends parity conv training)
 
 # Paths of the binaries this script runs, as `kind name path` lines from cargo's JSON.
 built_binaries() {
@@ -108,7 +109,8 @@ if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     compare models-compare --out "$out/gpu.md"
     compare models-compare-fp32 --no-tf32 --out "$out/gpu-fp32.md"
 fi
-step models-wgpu-burn-conv "$bin/bench" --device wgpu "${models[@]}" --json --gpu-conv burn
+step models-wgpu-burn-conv "$bin/bench" --device wgpu "${models[@]}" --json --no-train \
+    --gpu-conv burn
 profile_dir=/tmp/cubecl-profile # where scripts/cubecl-profile.toml sends the logs
 rm -rf "$profile_dir"
 cp scripts/cubecl-profile.toml cubecl.toml
@@ -120,3 +122,5 @@ python3 scripts/kernel_profile.py "$profile_dir/profile.log" \
 head -n 16 "$out/kernel-profile.md"
 step norms "$bin/layer_bench" --device wgpu --filter "norm" --iters 20
 step ibn-layers "$bin/layer_bench" --device wgpu --filter "ibn layer" --iters 20
+step train-wgpu-burn-conv "$bin/bench" --device wgpu --models resnet50_ibn_a --batches 1 \
+    --iters 20 --json --gpu-conv burn
