@@ -217,16 +217,10 @@ pub(super) fn conv2d_forward(
 
 /// The input gradient of a stride-1 convolution `g`, `[N, C_in, H, W]`, as the direct
 /// convolution of `dy` `[N, C_out, OH, OW]` with the flipped kernel
-/// ([`ConvGeometry::input_grad_geometry`]). `None` when `g` is strided, its begin padding
+/// ([`ConvGeometry::input_grad_by`]). `None` when `g` is strided, its begin padding
 /// exceeds the kernel's reach, or the direct kernel does not take that convolution.
 pub(super) fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
-    let transposed = g.input_grad_geometry().filter(applies)?;
-    Some(conv2d_forward(
-        &transposed,
-        dy,
-        &g.flipped_weights(weight),
-        None,
-    ))
+    g.input_grad_by(weight, dy, applies, conv2d_forward)
 }
 
 /// [`conv2d_forward`] with the tile kernels for `isa`.

@@ -41,6 +41,10 @@ pub(super) struct ConvGeometry {
     pub out: [usize; 2],
 }
 
+/// A forward convolution: `(geometry, x, weight, bias)` to the output `[N, C_out, OH, OW]`
+/// (im2col's, Winograd's and the direct kernel's `conv2d_forward`).
+pub(super) type ForwardFn = fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>;
+
 impl ConvGeometry {
     /// Rows of `col` per group: `C_in / groups * kh * kw`.
     pub(super) fn k_group(&self) -> usize {
@@ -88,11 +92,31 @@ impl ConvGeometry {
         self.col_len(rows)
     }
 
+    /// The input gradient `[N, C_in, H, W]` of this convolution given the output gradient
+    /// `dy` `[N, C_out, OH, OW]`, computed by `forward` as the convolution of `dy` with the
+    /// flipped kernel ([`Self::input_grad_geometry`], [`Self::flipped_weights`]). `None` when
+    /// that convolution does not exist or `takes` declines it.
+    pub(super) fn input_grad_by(
+        &self,
+        weight: &[f32],
+        dy: &[f32],
+        takes: fn(&ConvGeometry) -> bool,
+        forward: ForwardFn,
+    ) -> Option<Vec<f32>> {
+        let transposed = self.input_grad_geometry().filter(takes)?;
+        Some(forward(
+            &transposed,
+            dy,
+            &self.flipped_weights(weight),
+            None,
+        ))
+    }
+
     /// The input gradient of this convolution as a convolution (stride 1 only): the output
     /// gradient `[N, C_out, OH, OW]` convolved with [`Self::flipped_weights`] at begin padding
     /// `dilation * (k - 1) - padding` gives `[N, C_in, H, W]`. `None` for other strides, or
     /// when the begin padding exceeds the kernel's reach.
-    pub(super) fn input_grad_geometry(&self) -> Option<ConvGeometry> {
+    fn input_grad_geometry(&self) -> Option<ConvGeometry> {
         let reach = [0, 1].map(|a| self.dilation[a] * (self.kernel[a] - 1));
         if self.stride != [1, 1] || self.padding[0] > reach[0] || self.padding[1] > reach[1] {
             return None;
@@ -111,7 +135,7 @@ impl ConvGeometry {
     /// The weights `[C_out, C_in / groups, kh, kw]` of this convolution flipped and transposed
     /// within each group, `W'[g * cig + c, k, i, j] = W[g * cog + k, c, kh - 1 - i, kw - 1 - j]`:
     /// the kernel of [`Self::input_grad_geometry`].
-    pub(super) fn flipped_weights(&self, weight: &[f32]) -> Vec<f32> {
+    fn flipped_weights(&self, weight: &[f32]) -> Vec<f32> {
         let (cig, cog, taps) = (
             self.c_in / self.groups,
             self.c_out / self.groups,

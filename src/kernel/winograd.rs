@@ -66,13 +66,7 @@ pub(super) fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Option
     if !applies(g) {
         return None;
     }
-    let transposed = g.input_grad_geometry().filter(applies)?;
-    Some(conv2d_forward(
-        &transposed,
-        dy,
-        &g.flipped_weights(weight),
-        None,
-    ))
+    g.input_grad_by(weight, dy, applies, conv2d_forward)
 }
 
 /// Tile rows and tile columns of one output plane.
