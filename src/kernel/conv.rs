@@ -267,12 +267,7 @@ fn forward_meta(
     _with_bias: &bool,
     options: &ConvOptions<2>,
 ) -> Spec {
-    let [n, _, h, w] = super::dims4(&x.shape);
-    let [c_out, _, kh, kw] = super::dims4(&weight.shape);
-    let size = |axis: usize, len: usize, k: usize| {
-        output_size(len, k, options, axis).expect("conv2d checked the kernel fits")
-    };
-    let shape = burn::tensor::Shape::new([n, c_out, size(0, h, kh), size(1, w, kw)]);
+    let shape = super::cube_conv::output_shape(&x.shape, &weight.shape, options);
     Spec::new(shape, x.dtype)
 }
 

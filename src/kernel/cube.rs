@@ -305,7 +305,8 @@ fn grid(client: &Client, [n, c, h, w]: [usize; 4]) -> (CubeCount, CubeDim, usize
     )
 }
 
-fn empty_like(x: &CubeTensor, shape: Shape) -> CubeTensor {
+/// An uninitialised tensor of `shape` on `x`'s device, in `x`'s element type.
+pub(super) fn empty_like(x: &CubeTensor, shape: Shape) -> CubeTensor {
     empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype)
 }
 

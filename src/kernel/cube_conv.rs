@@ -21,13 +21,13 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Shape, Slice};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::client::Client;
 use cubecl::prelude::*;
 
 use super::conv::{ConvKernels, output_size};
+use super::cube::empty_like;
 use super::dims4;
 
 static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
@@ -50,7 +50,6 @@ struct Geometry {
     c_in: usize,
     size: [usize; 2],
     c_out: usize,
-    groups: usize,
     kernel: [usize; 2],
     out: [usize; 2],
     options: ConvOptions<2>,
@@ -70,11 +69,15 @@ impl Geometry {
             c_in,
             size,
             c_out,
-            groups: options.groups,
             kernel,
             out,
             options: options.clone(),
         }
+    }
+
+    /// `[N, C_out, OH, OW]`.
+    fn output_shape(&self) -> Shape {
+        Shape::new([self.batch, self.c_out, self.out[0], self.out[1]])
     }
 
     fn taps(&self) -> usize {
@@ -83,7 +86,7 @@ impl Geometry {
 
     /// Values per group and output position: `C_in / groups * kh * kw`.
     fn depth(&self) -> usize {
-        self.c_in / self.groups * self.taps()
+        self.c_in / self.options.groups * self.taps()
     }
 
     fn positions(&self) -> usize {
@@ -108,6 +111,12 @@ impl Geometry {
             .step_by(run)
             .map(move |start| (start, run.min(n - start)))
     }
+}
+
+/// The output shape `[N, C_out, OH, OW]` of a convolution of `x` `[N, C_in, H, W]` by
+/// `weight` `[C_out, C_in / groups, kh, kw]` (sizes checked by [`conv2d`](super::conv2d)).
+pub(super) fn output_shape(x: &Shape, weight: &Shape, options: &ConvOptions<2>) -> Shape {
+    Geometry::new(x, weight, options).output_shape()
 }
 
 /// The sizes the kernels read: channels, input `h x w`, kernel `kh x kw`, output `oh x ow`,
@@ -240,10 +249,6 @@ fn unit_per_value(client: &Client, total: usize) -> (CubeCount, CubeDim) {
     (calculate_cube_count_elemwise(client, total, dim), dim)
 }
 
-fn empty_like(x: &CubeTensor, shape: Shape) -> CubeTensor {
-    empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype)
-}
-
 /// Samples `start..start + len` of `t` (all of it when that is every sample).
 fn samples(t: &CubeTensor, (start, len): (usize, usize), batch: usize) -> CubeTensor {
     if start == 0 && len == batch {
@@ -336,10 +341,10 @@ impl ConvKernels for CubeBackend {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         let g = Geometry::new(&x.shape(), &weight.shape(), &options);
-        let (groups, depth, positions) = (g.groups, g.depth(), g.positions());
+        let (groups, depth, positions) = (g.options.groups, g.depth(), g.positions());
         let [oh, ow] = g.out;
         if g.batch == 0 {
-            return empty_like(&x, Shape::new([0, g.c_out, oh, ow]));
+            return empty_like(&x, g.output_shape());
         }
         let weight = reshape(weight, &[1, groups, g.c_out / groups, depth]);
         let outputs = g
@@ -372,7 +377,7 @@ impl ConvKernels for CubeBackend {
         options: ConvOptions<2>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let g = Geometry::new(&x.shape(), &weight.shape(), &options);
-        let (groups, depth, positions) = (g.groups, g.depth(), g.positions());
+        let (groups, depth, positions) = (g.options.groups, g.depth(), g.positions());
         let c_group_out = g.c_out / groups;
         let weight_shape = weight.shape();
         if g.batch == 0 {
