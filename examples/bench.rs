@@ -4,8 +4,16 @@
 //! ```text
 //! cargo run --release --example bench -- [--models a,b] [--batches 1,8] [--iters 10]
 //!     [--device flex|ndarray|wgpu] [--fold] [--no-winograd]
-//!     [--gpu-conv unfold|unfold-grouped|burn] [--no-train] [--json]
+//!     [--gpu-conv unfold|unfold-grouped|burn] [--no-train] [--no-eval] [--json]
 //! ```
+//!
+//! On Linux each case also reports its peak working memory: how far the process's resident
+//! memory rose above what it held once the model and the input existed (`/proc/self/status`,
+//! with the peak reset through `/proc/self/clear_refs` before the case), i.e. activations,
+//! scratch buffers and, in training, gradients and optimizer state. Memory the allocator kept
+//! from an earlier case of the same process is reused without showing up, so for memory run
+//! one case per process (`--no-train` or `--no-eval`, one model and batch size), as
+//! `scripts/compare.py --memory` does. For wgpu it is host memory only.
 //!
 //! `--no-winograd` turns the Winograd path of the CPU convolutions off
 //! ([`ibn_net::kernel::set_winograd`]); `--gpu-conv` picks the GPU convolution, in
@@ -35,6 +43,7 @@ struct Args {
     device: String,
     fold: bool,
     train: bool,
+    eval: bool,
     json: bool,
 }
 
@@ -46,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         device: "flex".into(),
         fold: false,
         train: true,
+        eval: true,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -70,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
                 other => return Err(format!("unknown --gpu-conv `{other}`")),
             }),
             "--no-train" => args.train = false,
+            "--no-eval" => args.eval = false,
             "--json" => args.json = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -85,11 +96,33 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-fn time<F: FnMut()>(warmup: usize, iters: usize, mut f: F) -> f64 {
+/// A `/proc/self/status` field in MiB (`VmRSS`, `VmHWM`); `None` off Linux.
+fn status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line[field.len()..]
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// One case's median time and peak working memory (see the module docs).
+struct Measured {
+    ms: f64,
+    peak_mib: Option<f64>,
+}
+
+fn time<F: FnMut()>(warmup: usize, iters: usize, mut f: F) -> Measured {
+    let before = status_mib("VmRSS");
+    // Writing 5 resets the peak resident size (VmHWM) to the current one (Linux >= 4.0).
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     for _ in 0..warmup {
         f();
     }
-    median_ms(
+    let ms = median_ms(
         (0..iters)
             .map(|_| {
                 let start = Instant::now();
@@ -97,7 +130,12 @@ fn time<F: FnMut()>(warmup: usize, iters: usize, mut f: F) -> f64 {
                 start.elapsed().as_secs_f64() * 1e3
             })
             .collect(),
-    )
+    );
+    let peak_mib = match (reset, before, status_mib("VmHWM")) {
+        (true, Some(before), Some(peak)) => Some((peak - before).max(0.0)),
+        _ => None,
+    };
+    Measured { ms, peak_mib }
 }
 
 /// The device name for reports; `wgpu` says which shader compiler the build uses.
@@ -109,18 +147,23 @@ fn device_label(name: &str) -> String {
     }
 }
 
-fn report(args: &Args, model: &str, batch: usize, mode: &str, ms: f64) {
+fn report(args: &Args, model: &str, batch: usize, mode: &str, m: &Measured) {
+    let ms = m.ms;
     if args.json {
+        let peak = m.peak_mib.map_or("null".into(), |p| format!("{p:.1}"));
         println!(
-            "{{\"model\": \"{model}\", \"batch\": {batch}, \"mode\": \"{mode}\", \"median_ms\": {ms:.3}, \"device\": \"{}\"}}",
+            "{{\"model\": \"{model}\", \"batch\": {batch}, \"mode\": \"{mode}\", \"median_ms\": {ms:.3}, \"peak_mib\": {peak}, \"device\": \"{}\"}}",
             device_label(&args.device)
         );
     } else {
-        println!("{model:<20} {batch:>5} {mode:<6} {ms:>10.1} ms");
+        let peak = m
+            .peak_mib
+            .map_or(String::new(), |p| format!("{p:>10.0} MiB"));
+        println!("{model:<20} {batch:>5} {mode:<6} {ms:>10.1} ms{peak}");
     }
 }
 
-fn train_step_ms(args: &Args, device: &Device) -> ibn_net::Result<f64> {
+fn train_step(args: &Args, device: &Device) -> ibn_net::Result<Measured> {
     let device = device.clone().autodiff();
     let mut model = create_model(TRAIN_MODEL, &device)?;
     let x = Tensor::<4>::random([TRAIN_BATCH, 3, 224, 224], Distribution::Default, &device);
@@ -143,33 +186,35 @@ fn run(args: &Args) -> ibn_net::Result<()> {
     let device = device_from_name(&args.device)?;
     if !args.json {
         println!(
-            "device {}, {} timed runs each (median)",
+            "device {}, {} timed runs each (median), peak working memory",
             device_label(&args.device),
             args.iters
         );
     }
-    for name in &args.models {
-        let mut model = create_model(name, &device)?.valid();
-        if args.fold {
-            model = model.fold_batch_norms();
-        }
-        for &batch in &args.batches {
-            let x = Tensor::<4>::random([batch, 3, 224, 224], Distribution::Default, &device);
-            let ms = time(2, args.iters, || {
-                let _ = model.forward(x.clone()).into_data();
-            });
-            report(
-                args,
-                name,
-                batch,
-                if args.fold { "folded" } else { "eval" },
-                ms,
-            );
+    if args.eval {
+        for name in &args.models {
+            let mut model = create_model(name, &device)?.valid();
+            if args.fold {
+                model = model.fold_batch_norms();
+            }
+            for &batch in &args.batches {
+                let x = Tensor::<4>::random([batch, 3, 224, 224], Distribution::Default, &device);
+                let measured = time(2, args.iters, || {
+                    let _ = model.forward(x.clone()).into_data();
+                });
+                report(
+                    args,
+                    name,
+                    batch,
+                    if args.fold { "folded" } else { "eval" },
+                    &measured,
+                );
+            }
         }
     }
     if args.train && !args.fold && args.models.iter().any(|m| m == TRAIN_MODEL) {
-        let ms = train_step_ms(args, &device)?;
-        report(args, TRAIN_MODEL, TRAIN_BATCH, "train", ms);
+        let measured = train_step(args, &device)?;
+        report(args, TRAIN_MODEL, TRAIN_BATCH, "train", &measured);
     }
     Ok(())
 }

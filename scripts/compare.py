@@ -6,7 +6,8 @@ classes, PyTorch's default init), timed in this process.
 Rust side: `cargo run --release --example bench -- ... --json`, which prints one
 JSON object per line on stdout:
 
-    {"model": str, "batch": int, "mode": "eval"|"train", "median_ms": float, "device": str}
+    {"model": str, "batch": int, "mode": "eval"|"train", "median_ms": float,
+     "peak_mib": float|null, "device": str}
 
 Other stdout lines are ignored. Instead of running cargo, results can be read
 from a file holding such lines (`--rust-json FILE`), or the Rust side can be
@@ -23,9 +24,17 @@ sequence N times and reports per case the median time of each side and the
 median of the N per-round ratios, with their range: on shared machines whose
 speed drifts over minutes, a single pair of runs says little.
 
+Memory (`--memory`, Linux, CPU devices): each case then runs in a process of its own on
+both sides, and the table adds each side's peak working memory: how far the process's
+resident memory (`VmRSS`) rose above what it held once the model and the input existed,
+over the warm-up and timed runs (the peak, `VmHWM`, is reset through
+`/proc/self/clear_refs` first). That is the activations, scratch buffers and, in training,
+gradients and optimizer state; the model's weights and the libraries are not counted.
+
 Usage:
     python3 scripts/compare.py                         # both sides, Markdown table
     python3 scripts/compare.py --rounds 3              # 3 alternating rounds
+    python3 scripts/compare.py --memory                # adds peak working memory
     python3 scripts/compare.py --skip-rust --iters 3   # PyTorch only
     python3 scripts/compare.py --rust-json rust.jsonl --out BENCH.md
 """
@@ -65,8 +74,31 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn, warmup, iters, device):
-    """Run `fn` `warmup` times untimed, then `iters` times; return the median in ms."""
+def _status_mib(field):
+    """A field of /proc/self/status (`VmRSS`, `VmHWM`) in MiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _measure(fn, warmup, iters, device):
+    """Run `fn` `warmup` times untimed, then `iters` times.
+
+    Returns (median ms, peak working memory in MiB or None): the rise of the resident
+    memory over the runs above what it was before them (see the module docstring).
+    """
+    before = _status_mib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        reset = True
+    except OSError:
+        reset = False
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -76,11 +108,13 @@ def _median_ms(fn, warmup, iters, device):
         fn()
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    peak = _status_mib("VmHWM")
+    mib = max(peak - before, 0.0) if reset and before is not None and peak is not None else None
+    return statistics.median(times), mib
 
 
 def time_torch_eval(name, batch, iters, device):
-    """Median ms of one inference forward pass of model `name` at `batch`."""
+    """(median ms, peak MiB) of one inference forward pass of model `name` at `batch`."""
     model = named_model(name).to(device).eval()
     x = torch.randn(batch, *IMAGE, device=device)
 
@@ -88,11 +122,11 @@ def time_torch_eval(name, batch, iters, device):
         with torch.inference_mode():
             model(x)
 
-    return _median_ms(step, EVAL_WARMUP, iters, device)
+    return _measure(step, EVAL_WARMUP, iters, device)
 
 
 def time_torch_train(name, batch, iters, device):
-    """Median ms of one SGD training step (forward, backward, update) of `name`."""
+    """(median ms, peak MiB) of one SGD training step (forward, backward, update) of `name`."""
     model = named_model(name).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
@@ -105,26 +139,52 @@ def time_torch_train(name, batch, iters, device):
         loss.backward()
         opt.step()
 
-    return _median_ms(step, TRAIN_WARMUP, iters, device)
+    return _measure(step, TRAIN_WARMUP, iters, device)
 
 
-def run_torch(models, batches, iters, device, train=True):
-    """Time every (model, batch) in eval mode, plus the training step.
+def cases(models, batches, train=True):
+    """The (model, batch, mode) cases of a run: every model and batch in evaluation, plus
+    the training step when its model is among `models`."""
+    out = [(name, batch, "eval") for name in models for batch in batches]
+    if train and TRAIN_MODEL in models:
+        out.append((TRAIN_MODEL, TRAIN_BATCH, "train"))
+    return out
 
-    Returns a dict {(model, batch, mode): median_ms}.
+
+def torch_case(case, iters, device):
+    """(median ms, peak MiB or None) of one case, in this process."""
+    name, batch, mode = case
+    torch.manual_seed(0)
+    run = time_torch_train if mode == "train" else time_torch_eval
+    return run(name, batch, iters, device)
+
+
+def torch_case_subprocess(case, iters, device, threads):
+    """`torch_case` in a fresh Python process (so that its memory is the case's alone)."""
+    name, batch, mode = case
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-case", f"{name},{batch},{mode}",
+           "--iters", str(iters), "--torch-device", str(device), "--threads", str(threads)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"the PyTorch case {case} exited with status {proc.returncode}")
+    rec = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rec["median_ms"], rec["peak_mib"]
+
+
+def run_torch(case_list, iters, device, threads=None):
+    """Time the given cases; with `threads`, each in a process of its own using that many.
+
+    Returns a dict {(model, batch, mode): (median_ms, peak_mib or None)}.
     """
     results = {}
-    for name in models:
-        for batch in batches:
-            torch.manual_seed(0)
-            ms = time_torch_eval(name, batch, iters, device)
-            results[(name, batch, "eval")] = ms
-            log(f"pytorch {name:<18} batch {batch:<3} eval  {ms:10.2f} ms")
-    if train and TRAIN_MODEL in models:
-        torch.manual_seed(0)
-        ms = time_torch_train(TRAIN_MODEL, TRAIN_BATCH, iters, device)
-        results[(TRAIN_MODEL, TRAIN_BATCH, "train")] = ms
-        log(f"pytorch {TRAIN_MODEL:<18} batch {TRAIN_BATCH:<3} train {ms:10.2f} ms")
+    for case in case_list:
+        if threads is None:
+            res = torch_case(case, iters, device)
+        else:
+            res = torch_case_subprocess(case, iters, device, threads)
+        results[case] = res
+        name, batch, mode = case
+        log(f"pytorch {name:<18} batch {batch:<3} {mode:<5} {res[0]:10.2f} ms")
     return results
 
 
@@ -134,7 +194,8 @@ def run_torch(models, batches, iters, device, train=True):
 def parse_rust_lines(lines):
     """Parse the bench example's JSON lines; other lines are skipped.
 
-    Returns ({(model, batch, mode): median_ms}, sorted list of devices seen).
+    Returns ({(model, batch, mode): (median_ms, peak_mib or None)}, sorted list of devices
+    seen).
     """
     results, devices = {}, set()
     for line in lines:
@@ -144,7 +205,8 @@ def parse_rust_lines(lines):
         try:
             rec = json.loads(line)
             key = (str(rec["model"]), int(rec["batch"]), str(rec["mode"]))
-            results[key] = float(rec["median_ms"])
+            peak = rec.get("peak_mib")
+            results[key] = (float(rec["median_ms"]), None if peak is None else float(peak))
         except (ValueError, KeyError, TypeError):
             continue
         if rec.get("device"):
@@ -152,8 +214,8 @@ def parse_rust_lines(lines):
     return results, sorted(devices)
 
 
-def rust_command(models, batches, iters, features, device, no_default_features):
-    """The cargo command line that runs the crate's bench example."""
+def rust_command(models, batches, iters, features, device, no_default_features, extra=()):
+    """The cargo command line that runs the crate's bench example (`extra`: its options)."""
     cmd = ["cargo", "run", "--release", "--example", "bench"]
     if no_default_features:
         cmd.append("--no-default-features")
@@ -161,7 +223,7 @@ def rust_command(models, batches, iters, features, device, no_default_features):
         cmd += ["--features", features]
     cmd += ["--", "--models", ",".join(models),
             "--batches", ",".join(str(b) for b in batches),
-            "--iters", str(iters), "--json"]
+            "--iters", str(iters), "--json", *extra]
     if device:
         cmd += ["--device", device]
     return cmd
@@ -225,26 +287,34 @@ def environment(threads, torch_device, rust_devices):
     return env
 
 
-def _fmt(ms):
-    """A time in ms for the table, or an em dash when absent."""
-    return "—" if ms is None else f"{ms:.2f}"
+def _fmt(value, digits=2):
+    """A number for the table, or an em dash when absent."""
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _median_or_none(values):
+    """The median of the values that are not None, or None when there are none."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def combine(torch_rounds, rust_rounds):
-    """Per case: (median PyTorch ms, median ibn-net ms, per-round ratios) over the rounds.
+    """Per case, over the rounds: (median PyTorch ms, median ibn-net ms, per-round ratios,
+    median PyTorch MiB, median ibn-net MiB).
 
-    Each argument is a list (one entry per round) of {(model, batch, mode): ms}; a ratio
-    pairs the two sides' times of the same round.
+    Each argument is a list (one entry per round) of {(model, batch, mode): (ms, MiB or
+    None)}; a ratio pairs the two sides' times of the same round.
     """
     keys = set().union(*torch_rounds, *rust_rounds)
     out = {}
     for key in keys:
         pts = [r[key] for r in torch_rounds if key in r]
         rss = [r[key] for r in rust_rounds if key in r]
-        ratios = [rr[key] / tr[key] for tr, rr in zip(torch_rounds, rust_rounds)
-                  if key in tr and key in rr and tr[key]]
-        out[key] = (statistics.median(pts) if pts else None,
-                    statistics.median(rss) if rss else None, ratios)
+        ratios = [rr[key][0] / tr[key][0] for tr, rr in zip(torch_rounds, rust_rounds)
+                  if key in tr and key in rr and tr[key][0]]
+        out[key] = (_median_or_none(ms for ms, _ in pts), _median_or_none(ms for ms, _ in rss),
+                    ratios, _median_or_none(mib for _, mib in pts),
+                    _median_or_none(mib for _, mib in rss))
     return out
 
 
@@ -255,18 +325,25 @@ def markdown(env, cases, models, rounds=1):
                   key=lambda k: (order.get(k[0], len(order)), k[0], k[2] != "eval", k[1]))
     lines = ["# IBN-Net: PyTorch vs ibn-net (burn)", ""]
     lines += [f"- {k}: {v}" for k, v in env]
+    memory = any(c[3] is not None or c[4] is not None for c in cases.values())
     head = "| model | batch | mode | PyTorch ms | ibn-net ms | ratio (ibn-net / PyTorch) |"
     rule = "|---|---:|---|---:|---:|---:|"
     if rounds > 1:
         head += " ratio range |"
         rule += "---:|"
+    if memory:
+        head += " PyTorch peak MiB | ibn-net peak MiB | memory ratio |"
+        rule += "---:|---:|---:|"
     lines += ["", head, rule]
     for key in keys:
-        pt, rs, ratios = cases[key]
+        pt, rs, ratios, pt_mib, rs_mib = cases[key]
         ratio = f"{statistics.median(ratios):.2f}×" if ratios else "—"
         row = f"| {key[0]} | {key[1]} | {key[2]} | {_fmt(pt)} | {_fmt(rs)} | {ratio} |"
         if rounds > 1:
             row += f" {min(ratios):.2f}-{max(ratios):.2f}× |" if ratios else " — |"
+        if memory:
+            mem_ratio = f"{rs_mib / pt_mib:.2f}×" if pt_mib and rs_mib is not None else "—"
+            row += f" {_fmt(pt_mib, 0)} | {_fmt(rs_mib, 0)} | {mem_ratio} |"
         lines.append(row)
     if rounds > 1:
         lines += ["", f"{rounds} rounds (per model, ibn-net then PyTorch): median of each "
@@ -274,6 +351,11 @@ def markdown(env, cases, models, rounds=1):
                   "of the per-round ratios, with their range. Ratio > 1 means ibn-net is slower."]
     else:
         lines += ["", "Median wall-clock time per call; ratio > 1 means ibn-net is slower."]
+    if memory:
+        lines += ["", "Peak working memory: each case in a process of its own, the rise of the "
+                  "resident memory over the warm-up and timed runs above what the process held "
+                  "once the model and the input existed (median over the rounds). Memory "
+                  "ratio > 1 means ibn-net needs more."]
     return "\n".join(lines) + "\n"
 
 
@@ -309,7 +391,11 @@ def parse_args(argv=None):
     src.add_argument("--skip-rust", action="store_true", help="time PyTorch only")
     src.add_argument("--rust-json", metavar="FILE",
                      help="read the Rust results (JSON lines) from FILE instead of running cargo")
+    p.add_argument("--memory", action="store_true",
+                   help="run each case in a process of its own on both sides and add their "
+                        "peak working memory to the table (Linux, CPU devices)")
     p.add_argument("--out", metavar="FILE", help="also write the Markdown report to FILE")
+    p.add_argument("--torch-case", metavar="MODEL,BATCH,MODE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -317,6 +403,11 @@ def parse_args(argv=None):
         p.error("--iters must be at least 1")
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if args.memory and (args.torch_device != "cpu" or args.device not in ("flex", "ndarray")):
+        p.error("--memory measures host memory: it needs --torch-device cpu and a CPU --device")
+    if args.torch_case:
+        name, batch, mode = args.torch_case.split(",")
+        args.torch_case = (name, int(batch), mode)
     for m in args.models:
         try:
             named_model_check(m)
@@ -340,8 +431,14 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
+    if args.torch_case:  # one case for a parent in --memory mode: a JSON line on stdout
+        ms, mib = torch_case(args.torch_case, args.iters, torch_device)
+        print(json.dumps({"median_ms": ms, "peak_mib": mib}))
+        return 0
+
     # Rounds, and inside each round one model at a time, Rust then PyTorch: the two sides
-    # of a ratio are timed seconds apart, not minutes.
+    # of a ratio are timed seconds apart, not minutes. With --memory, each case is a
+    # process of its own on both sides.
     torch_rounds, rust_rounds, rust_devices = [], [], []
     if args.rust_json:
         with open(args.rust_json) as f:
@@ -351,19 +448,24 @@ def main(argv=None):
             log(f"round {r + 1} of {args.rounds}")
         rust_res, torch_res = {}, {}
         for model in args.models:
+            model_cases = cases([model], args.batches, train=not args.no_train)
+            # The bench example's runs: all of the model's cases at once, or one per case.
+            runs = [(args.batches, ["--no-train"] if args.no_train else [])]
+            if args.memory:
+                runs = [([batch], ["--no-eval"] if mode == "train" else ["--no-train"])
+                        for _, batch, mode in model_cases]
             if args.rust_json:
-                res = {k: v for k, v in rust_file.items() if k[0] == model}
-            elif args.skip_rust:
-                res = {}
-            else:
-                cmd = rust_command([model], args.batches, args.iters, args.features,
-                                   args.device, args.no_default_features)
-                res, rust_devices = run_rust(cmd)
-                if not res:
-                    log(f"warning: the bench example printed no JSON results for {model}")
-            rust_res.update(res)
-            torch_res.update(run_torch([model], args.batches, args.iters, torch_device,
-                                       train=not args.no_train))
+                rust_res.update({k: v for k, v in rust_file.items() if k[0] == model})
+            elif not args.skip_rust:
+                for batches, extra in runs:
+                    cmd = rust_command([model], batches, args.iters, args.features,
+                                       args.device, args.no_default_features, extra)
+                    res, rust_devices = run_rust(cmd)
+                    if not res:
+                        log(f"warning: the bench example printed no JSON results for {model}")
+                    rust_res.update(res)
+            torch_res.update(run_torch(model_cases, args.iters, torch_device,
+                                       threads=args.threads if args.memory else None))
         rust_rounds.append(rust_res)
         torch_rounds.append(torch_res)
     report = markdown(environment(args.threads, torch_device, rust_devices),
