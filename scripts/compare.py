@@ -292,6 +292,16 @@ def _fmt(value, digits=2):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _mib_cell(values):
+    """Median MiB over the rounds, with the range when the rounds differ by 1 MiB or more."""
+    if not values:
+        return "—"
+    cell = f"{statistics.median(values):.0f}"
+    if max(values) - min(values) >= 1:
+        cell += f" ({min(values):.0f}-{max(values):.0f})"
+    return cell
+
+
 def _median_or_none(values):
     """The median of the values that are not None, or None when there are none."""
     values = [v for v in values if v is not None]
@@ -300,7 +310,7 @@ def _median_or_none(values):
 
 def combine(torch_rounds, rust_rounds):
     """Per case, over the rounds: (median PyTorch ms, median ibn-net ms, per-round ratios,
-    median PyTorch MiB, median ibn-net MiB).
+    PyTorch MiB per round, ibn-net MiB per round; rounds without memory figures left out).
 
     Each argument is a list (one entry per round) of {(model, batch, mode): (ms, MiB or
     None)}; a ratio pairs the two sides' times of the same round.
@@ -313,8 +323,8 @@ def combine(torch_rounds, rust_rounds):
         ratios = [rr[key][0] / tr[key][0] for tr, rr in zip(torch_rounds, rust_rounds)
                   if key in tr and key in rr and tr[key][0]]
         out[key] = (_median_or_none(ms for ms, _ in pts), _median_or_none(ms for ms, _ in rss),
-                    ratios, _median_or_none(mib for _, mib in pts),
-                    _median_or_none(mib for _, mib in rss))
+                    ratios, [mib for _, mib in pts if mib is not None],
+                    [mib for _, mib in rss if mib is not None])
     return out
 
 
@@ -325,7 +335,7 @@ def markdown(env, cases, models, rounds=1):
                   key=lambda k: (order.get(k[0], len(order)), k[0], k[2] != "eval", k[1]))
     lines = ["# IBN-Net: PyTorch vs ibn-net (burn)", ""]
     lines += [f"- {k}: {v}" for k, v in env]
-    memory = any(c[3] is not None or c[4] is not None for c in cases.values())
+    memory = any(c[3] or c[4] for c in cases.values())
     head = "| model | batch | mode | PyTorch ms | ibn-net ms | ratio (ibn-net / PyTorch) |"
     rule = "|---|---:|---|---:|---:|---:|"
     if rounds > 1:
@@ -342,8 +352,9 @@ def markdown(env, cases, models, rounds=1):
         if rounds > 1:
             row += f" {min(ratios):.2f}-{max(ratios):.2f}× |" if ratios else " — |"
         if memory:
-            mem_ratio = f"{rs_mib / pt_mib:.2f}×" if pt_mib and rs_mib is not None else "—"
-            row += f" {_fmt(pt_mib, 0)} | {_fmt(rs_mib, 0)} | {mem_ratio} |"
+            pt_med, rs_med = _median_or_none(pt_mib), _median_or_none(rs_mib)
+            mem_ratio = f"{rs_med / pt_med:.2f}×" if pt_med and rs_med is not None else "—"
+            row += f" {_mib_cell(pt_mib)} | {_mib_cell(rs_mib)} | {mem_ratio} |"
         lines.append(row)
     if rounds > 1:
         lines += ["", f"{rounds} rounds (per model, ibn-net then PyTorch): median of each "
@@ -354,8 +365,9 @@ def markdown(env, cases, models, rounds=1):
     if memory:
         lines += ["", "Peak working memory: each case in a process of its own, the rise of the "
                   "resident memory over the warm-up and timed runs above what the process held "
-                  "once the model and the input existed (median over the rounds). Memory "
-                  "ratio > 1 means ibn-net needs more."]
+                  "once the model and the input existed: median over the rounds, with their range "
+                  "where they differ. Memory ratio (of the medians) > 1 means ibn-net needs "
+                  "more."]
     return "\n".join(lines) + "\n"
 
 
