@@ -71,9 +71,14 @@ fn cases() -> Vec<Case> {
         // 1x1, unit stride: the input is the unfolded matrix.
         Case::new(3, 8, 12, 6, 1),
         Case::new(1, 8, 12, 6, 1),
-        // 3x3 same padding, both batch paths.
+        // 3x3 same padding, both batch paths (81-value output planes: on CPUs the weight
+        // gradient sums one product per sample).
         Case::new(3, 5, 7, 9, 3),
         Case::new(1, 5, 7, 9, 3),
+        // Output planes of at most 64 values (ResNet's last stage, small): on CPUs the weight
+        // gradient is one product over the whole batch; 3x3 and 1x1.
+        Case::new(3, 16, 24, 7, 3),
+        Case::new(5, 24, 40, 7, 1),
         // The 7x7 stride-2 stem shape, small.
         Case {
             stride: [2, 2],
