@@ -193,7 +193,7 @@ const COL_BUDGET: usize = 4 << 20;
 /// ([`batched_weight_grad`]) rather than partial sums of one product per sample: the 7x7
 /// planes of a 224x224 input's last ResNet stage, where the weights are large and the
 /// activations small. (At 14x14 copying the unfolded inputs cost more than it saved: the
-/// forward and backward pass of the third stage's 1x1 and 3x3 convolutions took 14-27 %
+/// forward and backward pass of the third stage's 1x1 and 3x3 convolutions took 11-31 %
 /// longer that way at batch 8.)
 const BATCHED_PLANE: usize = 64;
 
