@@ -189,7 +189,7 @@ impl ConvGeometry {
 /// Most values of `col` unfolded at once (16 MiB): larger inputs go a block of rows at a time.
 const COL_BUDGET: usize = 4 << 20;
 
-/// Largest output plane (`OH * OW`) whose weight gradient is one product over the whole batch
+/// Largest output plane (`OH * OW`) whose weight gradient is one product over many samples
 /// ([`batched_weight_grad`]) rather than partial sums of one product per sample: the 7x7
 /// planes of a 224x224 input's last ResNet stage, where the weights are large and the
 /// activations small. (At 14x14 copying the unfolded inputs cost more than it saved: the
@@ -870,22 +870,33 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn weight_gradient_over_chunks_of_samples_matches_a_float64_sum() {
-        // 3x3, padding 1, two groups, 5 samples of 7x7: small planes, so the batched path.
-        let g = ConvGeometry {
-            batch: 5,
-            c_in: 6,
-            h: 7,
-            w: 7,
-            c_out: 8,
+    /// A 3x3 convolution with padding 1 (output planes the input's size).
+    fn same_3x3(
+        batch: usize,
+        c_in: usize,
+        c_out: usize,
+        size: usize,
+        groups: usize,
+    ) -> ConvGeometry {
+        ConvGeometry {
+            batch,
+            c_in,
+            h: size,
+            w: size,
+            c_out,
             kernel: [3, 3],
             stride: [1, 1],
             padding: [1, 1],
             dilation: [1, 1],
-            groups: 2,
-            out: [7, 7],
-        };
+            groups,
+            out: [size, size],
+        }
+    }
+
+    #[test]
+    fn weight_gradient_over_chunks_of_samples_matches_a_float64_sum() {
+        // Two groups, 5 samples of 7x7: small planes, so the batched path.
+        let g = same_3x3(5, 6, 8, 7, 2);
         assert_eq!(g.weight_grad_batch(), Some(5));
         let (cig, cog) = (g.c_in / g.groups, g.c_out / g.groups);
         let x = values(g.batch * g.c_in * 49, 1);
@@ -928,19 +939,7 @@ mod tests {
 
     #[test]
     fn weight_gradient_of_an_empty_batch_is_zero() {
-        let g = ConvGeometry {
-            batch: 0,
-            c_in: 2,
-            h: 5,
-            w: 5,
-            c_out: 3,
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: [1, 1],
-            dilation: [1, 1],
-            groups: 1,
-            out: [5, 5],
-        };
+        let g = same_3x3(0, 2, 3, 5, 1);
         assert_eq!(g.weight_grad_batch(), None);
         let (_, dw) = conv2d_backward(&g, &[], &values(3 * 18, 1), &[], false);
         assert_eq!(dw, vec![0.0; 3 * 18]);
