@@ -25,12 +25,15 @@
 # 5. last, as burn's autotuning of its training convolutions has outlasted a step's limit,
 #    times the training step with burn's convolutions (OUT_DIR/train-wgpu-burn-conv.log).
 # Each step logs to OUT_DIR and runs under a time limit (STEP_TIMEOUT seconds, default
-# 300); a failed step does not stop the later ones. GPU use is sampled to OUT_DIR/smi.csv.
+# 300); a failed step does not stop the later ones. With BUDGET (seconds) the whole run also
+# ends within that time: each step gets at most what is left of it, and the steps that no
+# longer fit are skipped (the order above is the order of importance). Binaries missing from
+# IBN_BIN_DIR fail their steps only. GPU use is sampled to OUT_DIR/smi.csv.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ibn-target}"
 features="${IBN_FEATURES:-ndarray wgpu autodiff}" # cargo features of the build (e.g. "vulkan autodiff")
-tests=(fused backends parity conv training)
+tests=(conv training backends fused parity) # the GPU convolution kernels first
 
 # Paths of the binaries this script runs, as `kind name path` lines from cargo's JSON.
 built_binaries() {
@@ -65,13 +68,23 @@ fi
 out="${1:-${OUT:-/tmp/ibn-gpu}}"
 mkdir -p "$out"
 limit="${STEP_TIMEOUT:-300}"
+budget="${BUDGET:-0}" # seconds for the whole run; 0: no limit
 
 step() {
     local name="$1"
     shift
-    echo "== $name"
+    local step_limit=$limit
+    if ((budget > 0)); then
+        local left=$((budget - SECONDS))
+        if ((left < 10)); then
+            echo "== $name: skipped, ${left} s of the budget left"
+            return
+        fi
+        ((left < step_limit)) && step_limit=$left
+    fi
+    echo "== $name (limit $step_limit s)"
     local start=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    timeout "$step_limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
     echo "   exit $rc, $((SECONDS - start)) s (log: $out/$name.log)"
     tail -n 8 "$out/$name.log"
@@ -117,9 +130,11 @@ cp scripts/cubecl-profile.toml cubecl.toml
 step kernel-profile-run "$bin/bench" --device wgpu --models resnet50_ibn_a --batches 32 \
     --iters 3 --no-train
 rm -f cubecl.toml
-python3 scripts/kernel_profile.py "$profile_dir/profile.log" \
-    --autotune "$profile_dir/autotune.log" >"$out/kernel-profile.md" 2>&1
-head -n 16 "$out/kernel-profile.md"
+if [[ -f "$profile_dir/profile.log" ]]; then
+    python3 scripts/kernel_profile.py "$profile_dir/profile.log" \
+        --autotune "$profile_dir/autotune.log" >"$out/kernel-profile.md" 2>&1
+    head -n 16 "$out/kernel-profile.md"
+fi
 step norms "$bin/layer_bench" --device wgpu --filter "norm" --iters 20
 step ibn-layers "$bin/layer_bench" --device wgpu --filter "ibn layer" --iters 20
 step train-wgpu-burn-conv "$bin/bench" --device wgpu --models resnet50_ibn_a --batches 1 \
