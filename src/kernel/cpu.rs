@@ -192,6 +192,34 @@ multiversion! {
     fn plane_affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) => affine
 }
 
+/// `dx = grad` where `output > 0` (or is NaN), else 0: ReLU's input gradient, as burn's
+/// `relu_backward` (which zeroes where `output <= 0`).
+#[inline(always)]
+fn mask(output: &[f32], grad: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    for ((d, &y), &g) in dx.iter_mut().zip(output).zip(grad) {
+        d.write(if y <= 0.0 { 0.0 } else { g });
+    }
+}
+
+multiversion! {
+    /// [`mask`] compiled for the CPU's vector instructions.
+    fn relu_mask_chunk(output: &[f32], grad: &[f32], dx: &mut [MaybeUninit<f32>]) => mask
+}
+
+/// ReLU's input gradient over whole buffers of one length (see [`mask`]), in parallel.
+pub(super) fn relu_mask(output: &[f32], grad: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert_eq!(output.len(), grad.len(), "ReLU output and gradient lengths");
+    const CHUNK: usize = 1 << 14;
+    let mut dx = uninit(grad.len());
+    dx.par_chunks_mut(CHUNK)
+        .zip(output.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
+        .for_each(|(dx, (y, g))| relu_mask_chunk(y, g, dx));
+    // SAFETY: the chunks of `dx`, `output` and `grad` pair up one to one (one length), and
+    // `mask` writes every value of each.
+    unsafe { assume_init(dx) }
+}
+
 /// Forward of `plane_norm` on a contiguous `[N, C, H, W]` buffer, with `residual` (the same
 /// layout) added and ReLU applied after the affine map when given.
 #[allow(clippy::too_many_arguments)]
@@ -471,6 +499,20 @@ mod backends {
         )
     }
 
+    pub(in super::super) fn relu_mask<B: CpuAccess>(
+        output: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let (shape, dtype, device) = (grad.shape(), grad.dtype(), grad.device());
+        assert_eq!(
+            output.shape(),
+            shape,
+            "relu_mask: output and gradient shapes"
+        );
+        let dx = B::with_f32(output, |y| B::with_f32(grad, |g| super::relu_mask(y, g)));
+        write::<B>(dx, shape, dtype, &device)
+    }
+
     pub(in super::super) fn plane_moments<B: CpuAccess>(
         x: FloatTensor<B>,
         start: usize,
@@ -544,6 +586,13 @@ mod backends {
                     end: usize,
                 ) -> FloatTensor<Self> {
                     plane_moments::<Self>(x, start, end)
+                }
+
+                fn relu_mask(
+                    output: FloatTensor<Self>,
+                    grad: FloatTensor<Self>,
+                ) -> FloatTensor<Self> {
+                    relu_mask::<Self>(output, grad)
                 }
 
                 fn plane_moments_backward(

@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::backend::TensorMetadata;
 use burn::backend::cubecl::dtype_to_storage_type;
-use burn::backend::ops::FloatTensorOps;
+use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{Shape, Slice};
 use burn_cubecl::CubeBackend;
@@ -380,6 +380,10 @@ fn launch_plane_norm(
 }
 
 impl NormKernels for CubeBackend {
+    fn relu_mask(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as ActivationOps<Self>>::relu_backward(output, grad)
+    }
+
     fn plane_norm(
         x: FloatTensor<Self>,
         scale: FloatTensor<Self>,

@@ -36,7 +36,7 @@ fn norm_grads<B: Backend + NormKernels>(
     let (x_state, scale, start, end, epsilon, output) = state;
     let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
     let grad = match output {
-        Some(output) => B::relu_backward(output, grad),
+        Some(output) => B::relu_mask(output, grad),
         None => grad,
     };
     let (dx, dscale, dshift) = B::plane_norm_backward(x, grad.clone(), scale, start, end, epsilon);
@@ -204,6 +204,11 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
             FloatTensor::<Self>::new(dscale),
             FloatTensor::<Self>::new(dshift),
         )
+    }
+
+    fn relu_mask(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Second derivatives are not provided: the gradient comes out as a constant.
+        FloatTensor::<Self>::new(B::relu_mask(output.into_primitive(), grad.into_primitive()))
     }
 
     fn plane_moments(x: FloatTensor<Self>, start: usize, end: usize) -> FloatTensor<Self> {

@@ -145,6 +145,12 @@ pub trait NormKernels: Backend {
         epsilon: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
+    /// ReLU's input gradient given its `output`: `grad` where `output > 0` (or is NaN), else
+    /// 0; both `[N, C, H, W]`, of one shape. For the backward passes of the kernels that apply
+    /// ReLU (burn's `relu_backward`, in one vectorised pass on CPU backends).
+    #[fusion(dtype = grad, shape = grad)]
+    fn relu_mask(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// See [`plane_moments`]: `[2, N, end - start]`, means then biased variances of the
     /// channels `start..end`.
     #[fusion(dtype = x, shape = moments_shape(x, start, end))]
