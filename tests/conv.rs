@@ -76,9 +76,15 @@ fn cases() -> Vec<Case> {
         Case::new(3, 5, 7, 9, 3),
         Case::new(1, 5, 7, 9, 3),
         // Output planes of at most 64 values (ResNet's last stage, small): on CPUs the weight
-        // gradient is one product over the whole batch; 3x3 and 1x1.
+        // gradient is one product over many samples at a time; 3x3 and 1x1.
         Case::new(3, 16, 24, 7, 3),
         Case::new(5, 24, 40, 7, 1),
+        // A 1x1 stride-1 convolution padded at the end only: output planes larger than the
+        // input's, so the input cannot serve as the unfolded matrix.
+        Case {
+            padding: [(0, 1), (0, 2)],
+            ..Case::new(2, 4, 6, 5, 1)
+        },
         // The 7x7 stride-2 stem shape, small.
         Case {
             stride: [2, 2],

@@ -758,3 +758,33 @@ mod backends {
     #[cfg(feature = "ndarray")]
     cpu_conv_kernels!(burn::backend::NdArray);
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn relu_mask_zeroes_where_the_output_is_not_positive() {
+        // burn's `relu_backward`: the gradient goes through where the output is > 0 or NaN.
+        let output = [
+            1.0,
+            0.0,
+            -0.0,
+            -2.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::MIN_POSITIVE,
+        ];
+        let grad = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0];
+        assert_eq!(
+            super::relu_mask(&output, &grad),
+            [10.0, 0.0, 0.0, 0.0, 50.0, 60.0, 70.0]
+        );
+        // Longer than one parallel chunk, with a short last chunk.
+        let n = (1 << 14) * 2 + 5;
+        let output: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+        let grad: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let dx = super::relu_mask(&output, &grad);
+        for ((d, y), g) in dx.iter().zip(&output).zip(&grad) {
+            assert_eq!(*d, if *y > 0.0 { *g } else { 0.0 });
+        }
+    }
+}

@@ -7,7 +7,9 @@
 //! group `g` is `W_g [C_out / groups, K_g] x col_g [K_g, OH * OW]`, written straight into the
 //! output tensor. Stride-1, unpadded 1x1 convolutions use the input itself as `col`. The
 //! backward pass is two products per sample: `dW_g += dY_g x col_g^T` and
-//! `dcol_g = W_g^T x dY_g`, then `dcol` is folded back onto the input planes (col2im).
+//! `dcol_g = W_g^T x dY_g`, then `dcol` is folded back onto the input planes (col2im); for
+//! small output planes the weight gradient is instead one product over many samples at once
+//! (their `col` and `dY` side by side).
 //!
 //! Large inputs are unfolded a block of output rows at a time, so `col` stays within
 //! `COL_BUDGET` values whatever the image size. Work is split across samples when there are at
@@ -156,9 +158,13 @@ impl ConvGeometry {
         flipped
     }
 
-    /// `col` is the input itself: 1x1 kernel, unit stride, no padding.
+    /// `col` is the input itself: 1x1 kernel, unit stride, no padding (at the start, and at the
+    /// end: the output planes are the input's).
     fn is_pointwise(&self) -> bool {
-        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+        self.kernel == [1, 1]
+            && self.stride == [1, 1]
+            && self.padding == [0, 0]
+            && self.out == [self.h, self.w]
     }
 
     /// Samples per product when the weight gradient is one product over many samples
@@ -679,8 +685,8 @@ pub(super) fn conv2d_backward(
     if !pointwise {
         dx.fill(MaybeUninit::new(0.0));
     }
-    // Weight gradient: one product over the batch for small output planes, else one partial
-    // sum per run of samples (one product per sample), added up at the end.
+    // Weight gradient: for small output planes one product over many samples at a time, else
+    // one partial sum per run of samples (one product per sample), added up at the end.
     let batched = g
         .weight_grad_batch()
         .map(|samples| batched_weight_grad(g, x, dy, samples));
@@ -771,6 +777,10 @@ pub(super) fn conv2d_backward(
 /// the per-thread partial sums would each be a zeroed `dW`; this copies the (small)
 /// activations instead.
 fn batched_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], chunk: usize) -> Vec<f32> {
+    assert!(
+        g.batch > 0 && chunk > 0,
+        "a batched weight gradient needs samples"
+    );
     let n_out = g.out_plane();
     let (x_len, y_len) = (g.c_in * g.in_plane(), g.c_out * n_out);
     let (rows, col_len) = (g.c_in * g.taps(), g.col_len(g.out[0]));
