@@ -142,7 +142,7 @@ def time_torch_train(name, batch, iters, device):
     return _measure(step, TRAIN_WARMUP, iters, device)
 
 
-def cases(models, batches, train=True):
+def run_cases(models, batches, train=True):
     """The (model, batch, mode) cases of a run: every model and batch in evaluation, plus
     the training step when its model is among `models`."""
     out = [(name, batch, "eval") for name in models for batch in batches]
@@ -460,7 +460,7 @@ def main(argv=None):
             log(f"round {r + 1} of {args.rounds}")
         rust_res, torch_res = {}, {}
         for model in args.models:
-            model_cases = cases([model], args.batches, train=not args.no_train)
+            model_cases = run_cases([model], args.batches, train=not args.no_train)
             # The bench example's runs: all of the model's cases at once, or one per case.
             runs = [(args.batches, ["--no-train"] if args.no_train else [])]
             if args.memory:

@@ -723,18 +723,7 @@ pub(super) fn conv2d_backward(
                         |grp: usize| View::row_major(&dyb[grp * cog * n_out + start..], n_out);
                     if let Some(dwt) = dwt.as_deref_mut() {
                         let cols = unfold(g, xb, col, rows.clone(), parallel);
-                        // dW_g [cog, kg] (+)= dY_g [cog, nb] x col_g^T [nb, kg]
-                        for_groups(dwt, cog * kg, parallel, |grp, dw, parallel| {
-                            matmul(
-                                dw,
-                                kg,
-                                (cog, kg, nb),
-                                dy_g(grp),
-                                View::transposed(&cols[grp * kg * nb..(grp + 1) * kg * nb], nb),
-                                accumulate,
-                                parallel,
-                            );
-                        });
+                        weight_grad_products(g, dwt, &dy_g, cols, nb, accumulate, parallel);
                     }
                     if !input_grad {
                         continue;
@@ -807,13 +796,14 @@ fn batched_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], chunk: usize) ->
                 );
                 place(&dy[b * y_len..(b + 1) * y_len], dys, i);
             }
-            let (cols, dys) = (&cols[..], &dys[..g.c_out * wide]);
+            let cog = g.c_out / g.groups;
+            let dy_g = |grp: usize| View::row_major(&dys[grp * cog * wide..], wide);
             if start == 0 {
-                weight_grad_products(g, &mut dw, cols, dys, wide, false);
+                weight_grad_products(g, &mut dw, &dy_g, cols, wide, false, true);
             } else {
                 // SAFETY: the first chunk's products wrote every value of `dw`.
                 let dw = unsafe { assume_init_mut(&mut dw) };
-                weight_grad_products(g, dw, cols, dys, wide, true);
+                weight_grad_products(g, dw, &dy_g, cols, wide, true, true);
             }
         }
     });
@@ -822,24 +812,26 @@ fn batched_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], chunk: usize) ->
     unsafe { assume_init(dw) }
 }
 
-/// `dW_g [cog, kg] (+)= dY_g [cog, wide] x col_g^T [wide, kg]` for every group `g`, with `dys`
-/// `[C_out, wide]` and `cols` `[groups * kg, wide]` row-major, the products in parallel.
-fn weight_grad_products<T: Slot>(
+/// `dW_g [cog, kg] (+)= dY_g [cog, k] x col_g^T [k, kg]` for every group `g` (`dy_g(g)` the
+/// group's output gradient over the `k` positions, `cols` `[groups * kg, k]` row-major), into
+/// `dw` `[C_out, kg]`; `+=` with `accumulate`.
+fn weight_grad_products<'a, T: Slot>(
     g: &ConvGeometry,
     dw: &mut [T],
+    dy_g: &(impl Fn(usize) -> View<'a> + Sync),
     cols: &[f32],
-    dys: &[f32],
-    wide: usize,
+    k: usize,
     accumulate: bool,
+    parallel: bool,
 ) {
     let (kg, cog) = (g.k_group(), g.c_out / g.groups);
-    for_groups(dw, cog * kg, true, |grp, dw, parallel| {
+    for_groups(dw, cog * kg, parallel, |grp, dw, parallel| {
         matmul(
             dw,
             kg,
-            (cog, kg, wide),
-            View::row_major(&dys[grp * cog * wide..], wide),
-            View::transposed(&cols[grp * kg * wide..(grp + 1) * kg * wide], wide),
+            (cog, kg, k),
+            dy_g(grp),
+            View::transposed(&cols[grp * kg * k..(grp + 1) * kg * k], k),
             accumulate,
             parallel,
         );
