@@ -200,16 +200,34 @@ fn main() {
                 |x| step(x, |x| ibn.forward(x)),
             );
         }
-        // Convolution training steps (input and weight gradients).
-        for (channels, size) in [(64, 56), (256, 14)] {
-            let shape = [batch, channels, size, size];
+        // Convolution training steps (input and weight gradients) at ResNet-50 shapes and two
+        // grouped ones of ResNeXt-50 (32x4d).
+        let convs = [
+            ([64, 56], 64, 3, 1),
+            ([128, 28], 128, 3, 1),
+            ([256, 14], 256, 3, 1),
+            ([512, 7], 512, 3, 1),
+            ([64, 56], 256, 1, 1),
+            ([256, 56], 64, 1, 1),
+            ([512, 28], 128, 1, 1),
+            ([1024, 14], 256, 1, 1),
+            ([2048, 7], 512, 1, 1),
+            ([128, 56], 128, 3, 32),
+            ([512, 14], 512, 3, 32),
+        ];
+        for ([c_in, size], c_out, k, groups) in convs {
+            let shape = [batch, c_in, size, size];
             let x = input(shape, &train);
-            let w = input([channels, channels, 3, 3], &train).require_grad();
-            let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-            bench("conv 3x3 train step, burn", shape, iters, &x, |x| {
+            let w = input([c_out, c_in / groups, k, k], &train).require_grad();
+            let options = ConvOptions::new([1, 1], [k / 2; 2], [1, 1], groups);
+            let label = match groups {
+                1 => format!("conv {k}x{k} -> {c_out} train step"),
+                _ => format!("conv {k}x{k} -> {c_out} {groups} groups train step"),
+            };
+            bench(&format!("{label}, burn"), shape, iters, &x, |x| {
                 step(x, |x| module::conv2d(x, w.clone(), None, options.clone()))
             });
-            bench("conv 3x3 train step, ibn-net", shape, iters, &x, |x| {
+            bench(&format!("{label}, ibn-net"), shape, iters, &x, |x| {
                 step(x, |x| kernel::conv2d(x, w.clone(), None, options.clone()))
             });
         }

@@ -68,7 +68,9 @@ impl Case {
 
 fn cases() -> Vec<Case> {
     let mut cases = vec![
-        // 1x1, unit stride: the input is the unfolded matrix.
+        // 1x1, unit stride: the input is the unfolded matrix. (More output channels than
+        // unfolded rows: on CPUs the weight gradient's products in their usual orientation;
+        // the 3x3 cases below sum it transposed.)
         Case::new(3, 8, 12, 6, 1),
         Case::new(1, 8, 12, 6, 1),
         // 3x3 same padding, both batch paths (81-value output planes: on CPUs the weight

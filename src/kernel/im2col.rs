@@ -180,6 +180,17 @@ impl ConvGeometry {
             .then(|| fit.min(self.batch))
     }
 
+    /// Whether [`weight_grad_products`] sums each group's weight gradient transposed,
+    /// `dW_g^T [kg, cog] = col_g [kg, k] x dY_g^T [k, cog]`. The product packs (copies
+    /// transposed) its operand `col_g` in the usual orientation and `dY_g` in this one, and
+    /// reads the other in place once per block of `dY_g`'s rows; transposed when `dY_g` has
+    /// fewer rows than `col_g` and at most [`TRANSPOSED_WEIGHT_GRAD`] of them (the 3x3 and
+    /// channel-reducing 1x1 convolutions of ResNet's first two stages).
+    fn weight_grad_transposed(&self) -> bool {
+        let cog = self.c_out / self.groups;
+        cog < self.k_group() && cog <= TRANSPOSED_WEIGHT_GRAD
+    }
+
     /// Number of tasks the batch is split into: one per thread when there are at least as
     /// many samples as threads, else 1 (and the work inside each sample is parallelised).
     fn tasks(&self) -> usize {
@@ -202,6 +213,13 @@ const COL_BUDGET: usize = 4 << 20;
 /// forward and backward pass of the third stage's 1x1 and 3x3 convolutions took 11-31 %
 /// longer that way at batch 8.)
 const BATCHED_PLANE: usize = 64;
+
+/// Most output channels per group whose weight gradient is summed transposed
+/// ([`ConvGeometry::weight_grad_transposed`]). Forward and backward pass at batch 8 (AVX-512):
+/// 3x3 64 -> 64 on 56x56 planes 31 -> 23 ms, 128 -> 128 on 28x28 21.4 -> 19.5 ms, 1x1 256 -> 64
+/// on 56x56 12.6 -> 10.6 ms; with 512 output channels on 7x7 planes it took 27 -> 34-43 ms, as
+/// the unpacked unfolded input is then read once per 64 output channels.
+const TRANSPOSED_WEIGHT_GRAD: usize = 128;
 
 /// Largest scratch buffer kept between calls (values; 32 MiB): larger ones are freed.
 const SCRATCH_KEEP: usize = 8 << 20;
@@ -247,10 +265,15 @@ impl<'a> View<'a> {
 
     /// The transpose of a row-major `[rows, cols]` matrix.
     fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self::row_major(data, cols).t()
+    }
+
+    /// This matrix transposed.
+    fn t(self) -> Self {
         Self {
-            data,
-            rs: 1,
-            cs: cols,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
         }
     }
 
@@ -749,7 +772,7 @@ pub(super) fn conv2d_backward(
             total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
         }
         partials.truncate(w_len);
-        partials
+        weight_grad_layout(g, partials)
     });
     // SAFETY: not pointwise, `dx` was zero-filled; pointwise, each sample's product wrote its
     // whole `[C_in, H, W]` gradient (one block of rows, every group's `[kg, nb]` region).
@@ -808,8 +831,8 @@ fn batched_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], chunk: usize) ->
         }
     });
     // SAFETY: the first chunk's products (there is one: the batch is not empty) wrote every
-    // `[cog, kg]` block of `dw`.
-    unsafe { assume_init(dw) }
+    // `[cog, kg]` (or `[kg, cog]`) block of `dw`.
+    weight_grad_layout(g, unsafe { assume_init(dw) })
 }
 
 /// `dW_g [cog, kg] (+)= dY_g [cog, k] x col_g^T [k, kg]` for every group `g` (`dy_g(g)` the
@@ -825,17 +848,51 @@ fn weight_grad_products<'a, T: Slot>(
     parallel: bool,
 ) {
     let (kg, cog) = (g.k_group(), g.c_out / g.groups);
+    let transposed = g.weight_grad_transposed();
     for_groups(dw, cog * kg, parallel, |grp, dw, parallel| {
-        matmul(
-            dw,
-            kg,
-            (cog, kg, k),
-            dy_g(grp),
-            View::transposed(&cols[grp * kg * k..(grp + 1) * kg * k], k),
-            accumulate,
-            parallel,
-        );
+        let col_g = View::row_major(&cols[grp * kg * k..(grp + 1) * kg * k], k);
+        if transposed {
+            matmul(
+                dw,
+                cog,
+                (kg, cog, k),
+                col_g,
+                dy_g(grp).t(),
+                accumulate,
+                parallel,
+            );
+        } else {
+            matmul(
+                dw,
+                kg,
+                (cog, kg, k),
+                dy_g(grp),
+                col_g.t(),
+                accumulate,
+                parallel,
+            );
+        }
     });
+}
+
+/// The weight gradient `[C_out, kg]` from what [`weight_grad_products`] summed: itself, or
+/// each group's `[kg, cog]` block transposed when the products were.
+fn weight_grad_layout(g: &ConvGeometry, dw: Vec<f32>) -> Vec<f32> {
+    if !g.weight_grad_transposed() {
+        return dw;
+    }
+    let (kg, cog) = (g.k_group(), g.c_out / g.groups);
+    let mut out = vec![0.0f32; dw.len()];
+    out.par_chunks_mut(cog * kg)
+        .zip(dw.par_chunks(cog * kg))
+        .for_each(|(dst, src)| {
+            for (j, row) in src.chunks_exact(cog).enumerate() {
+                for (i, v) in row.iter().enumerate() {
+                    dst[i * kg + j] = *v;
+                }
+            }
+        });
+    out
 }
 
 /// The unfolded input gradient of one block of output rows, `dcol_g [kg, nb] =
@@ -897,9 +954,23 @@ mod tests {
 
     #[test]
     fn weight_gradient_over_chunks_of_samples_matches_a_float64_sum() {
-        // Two groups, 5 samples of 7x7: small planes, so the batched path.
-        let g = same_3x3(5, 6, 8, 7, 2);
-        assert_eq!(g.weight_grad_batch(), Some(5));
+        // 5 samples of 7x7: small planes, so the batched path. Two groups of 4 output
+        // channels (the products transposed), and one group of 24 output channels from 2
+        // input channels (more than the 18 unfolded rows: the usual orientation).
+        for (g, transposed) in [
+            (same_3x3(5, 6, 8, 7, 2), true),
+            (same_3x3(5, 2, 24, 7, 1), false),
+        ] {
+            assert_eq!(g.weight_grad_batch(), Some(5));
+            assert_eq!(g.weight_grad_transposed(), transposed);
+            check_weight_grad(&g);
+        }
+    }
+
+    /// The weight gradient of a 3x3 convolution over 7x7 planes `g` (batched path), in one
+    /// product, in chunks of 2 and 1 samples, and through `conv2d_backward`, against a float64
+    /// sum (tolerance 1e-4 relative).
+    fn check_weight_grad(g: &ConvGeometry) {
         let (cig, cog) = (g.c_in / g.groups, g.c_out / g.groups);
         let x = values(g.batch * g.c_in * 49, 1);
         let dy = values(g.batch * g.c_out * 49, 2);
@@ -920,13 +991,11 @@ mod tests {
                 }
             }
         }
-        // One product over all samples, chunks of two (the last one short) and of one, and
-        // through `conv2d_backward`.
-        let whole = conv2d_backward(&g, &x, &values(g.c_out * g.k_group(), 3), &dy, false).1;
+        let whole = conv2d_backward(g, &x, &values(g.c_out * g.k_group(), 3), &dy, false).1;
         for (what, dw) in [
-            ("chunks of 5", batched_weight_grad(&g, &x, &dy, 5)),
-            ("chunks of 2", batched_weight_grad(&g, &x, &dy, 2)),
-            ("chunks of 1", batched_weight_grad(&g, &x, &dy, 1)),
+            ("chunks of 5", batched_weight_grad(g, &x, &dy, 5)),
+            ("chunks of 2", batched_weight_grad(g, &x, &dy, 2)),
+            ("chunks of 1", batched_weight_grad(g, &x, &dy, 1)),
             ("conv2d_backward", whole),
         ] {
             assert_eq!(dw.len(), expected.len());
