@@ -200,30 +200,38 @@ fn main() {
                 |x| step(x, |x| ibn.forward(x)),
             );
         }
-        // Convolution training steps (input and weight gradients) at ResNet-50 shapes and two
-        // grouped ones of ResNeXt-50 (32x4d).
+        // Convolution training steps (input and weight gradients) at ResNet-50's shapes (the
+        // stem, 3x3 and 1x1 per stage, strided ones) and two grouped ones of ResNeXt-50 (32x4d).
         let convs = [
-            ([64, 56], 64, 3, 1),
-            ([128, 28], 128, 3, 1),
-            ([256, 14], 256, 3, 1),
-            ([512, 7], 512, 3, 1),
-            ([64, 56], 256, 1, 1),
-            ([256, 56], 64, 1, 1),
-            ([512, 28], 128, 1, 1),
-            ([1024, 14], 256, 1, 1),
-            ([2048, 7], 512, 1, 1),
-            ([128, 56], 128, 3, 32),
-            ([512, 14], 512, 3, 32),
+            ([3, 224], 64, 7, 2, 1),
+            ([64, 56], 64, 3, 1, 1),
+            ([128, 28], 128, 3, 1, 1),
+            ([256, 14], 256, 3, 1, 1),
+            ([512, 7], 512, 3, 1, 1),
+            ([128, 56], 128, 3, 2, 1),
+            ([64, 56], 256, 1, 1, 1),
+            ([256, 56], 64, 1, 1, 1),
+            ([512, 28], 128, 1, 1, 1),
+            ([1024, 14], 256, 1, 1, 1),
+            ([2048, 7], 512, 1, 1, 1),
+            ([256, 56], 512, 1, 2, 1),
+            ([128, 56], 128, 3, 1, 32),
+            ([512, 14], 512, 3, 1, 32),
         ];
-        for ([c_in, size], c_out, k, groups) in convs {
+        for ([c_in, size], c_out, k, stride, groups) in convs {
             let shape = [batch, c_in, size, size];
             let x = input(shape, &train);
             let w = input([c_out, c_in / groups, k, k], &train).require_grad();
-            let options = ConvOptions::new([1, 1], [k / 2; 2], [1, 1], groups);
-            let label = match groups {
-                1 => format!("conv {k}x{k} -> {c_out} train step"),
-                _ => format!("conv {k}x{k} -> {c_out} {groups} groups train step"),
-            };
+            let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], groups);
+            let mut label = format!("conv {k}x{k}");
+            if stride > 1 {
+                label += &format!("/{stride}");
+            }
+            label += &format!(" -> {c_out}");
+            if groups > 1 {
+                label += &format!(" {groups} groups");
+            }
+            label += " train step";
             bench(&format!("{label}, burn"), shape, iters, &x, |x| {
                 step(x, |x| module::conv2d(x, w.clone(), None, options.clone()))
             });

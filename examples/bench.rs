@@ -1,11 +1,15 @@
-//! Times named models (evaluation, and one training step of resnet50_ibn_a) and prints a
-//! table, or JSON lines for `scripts/compare.py`.
+//! Times named models (evaluation, and one training step at batch 8 of those named by
+//! `--train-models`, resnet50_ibn_a by default) and prints a table, or JSON lines for
+//! `scripts/compare.py`.
 //!
 //! ```text
 //! cargo run --release --example bench -- [--models a,b] [--batches 1,8] [--iters 10]
-//!     [--device flex|ndarray|wgpu] [--fold] [--no-winograd]
+//!     [--train-models a,b] [--device flex|ndarray|wgpu] [--fold] [--no-winograd]
 //!     [--gpu-conv unfold|unfold-grouped|burn] [--no-train] [--no-eval] [--json]
 //! ```
+//!
+//! The training step (forward, cross-entropy, backward, SGD with momentum) runs for each model
+//! of `--models` that `--train-models` also names.
 //!
 //! On Linux each case also reports its peak working memory: how far the process's resident
 //! memory rose above what it held once the model and the input existed (`/proc/self/status`,
@@ -29,16 +33,17 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use ibn_net::device::device_from_name;
 use ibn_net::kernel::GpuConv;
-use ibn_net::model::{Backbone, create_model};
+use ibn_net::model::{Backbone, create_model, model_info};
 
 const DEFAULT_MODELS: &str =
     "resnet18_ibn_a,resnet50_ibn_a,resnet50_ibn_b,resnext50_ibn_a,densenet121_ibn_a";
-const TRAIN_MODEL: &str = "resnet50_ibn_a";
+const TRAIN_MODELS: &str = "resnet50_ibn_a";
 const TRAIN_BATCH: usize = 8;
 
 struct Args {
     models: Vec<String>,
     batches: Vec<usize>,
+    train_models: Vec<String>,
     iters: usize,
     device: String,
     fold: bool,
@@ -51,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         models: DEFAULT_MODELS.split(',').map(String::from).collect(),
         batches: vec![1, 8],
+        train_models: TRAIN_MODELS.split(',').map(String::from).collect(),
         iters: 10,
         device: "flex".into(),
         fold: false,
@@ -69,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
                     .map(|b| b.parse().map_err(|_| format!("bad batch size `{b}`")))
                     .collect::<Result<_, _>>()?
             }
+            "--train-models" => args.train_models = value()?.split(',').map(String::from).collect(),
             "--iters" => args.iters = value()?.parse().map_err(|_| "bad --iters".to_string())?,
             "--device" => args.device = value()?,
             "--fold" => args.fold = true,
@@ -87,6 +94,10 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.iters == 0 {
         return Err("--iters must be at least 1".into());
+    }
+    // Unknown names fail here rather than silently matching no model of `--models`.
+    for name in args.models.iter().chain(&args.train_models) {
+        model_info(name).map_err(|e| e.to_string())?;
     }
     Ok(args)
 }
@@ -163,9 +174,9 @@ fn report(args: &Args, model: &str, batch: usize, mode: &str, m: &Measured) {
     }
 }
 
-fn train_step(args: &Args, device: &Device) -> ibn_net::Result<Measured> {
+fn train_step(args: &Args, name: &str, device: &Device) -> ibn_net::Result<Measured> {
     let device = device.clone().autodiff();
-    let mut model = create_model(TRAIN_MODEL, &device)?;
+    let mut model = create_model(name, &device)?;
     let x = Tensor::<4>::random([TRAIN_BATCH, 3, 224, 224], Distribution::Default, &device);
     let labels =
         Tensor::<1, Int>::random([TRAIN_BATCH], Distribution::Uniform(0.0, 1000.0), &device);
@@ -212,9 +223,11 @@ fn run(args: &Args) -> ibn_net::Result<()> {
             }
         }
     }
-    if args.train && !args.fold && args.models.iter().any(|m| m == TRAIN_MODEL) {
-        let measured = train_step(args, &device)?;
-        report(args, TRAIN_MODEL, TRAIN_BATCH, "train", &measured);
+    if args.train && !args.fold {
+        for name in args.models.iter().filter(|m| args.train_models.contains(m)) {
+            let measured = train_step(args, name, &device)?;
+            report(args, name, TRAIN_BATCH, "train", &measured);
+        }
     }
     Ok(())
 }

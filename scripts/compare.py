@@ -14,8 +14,8 @@ from a file holding such lines (`--rust-json FILE`), or the Rust side can be
 skipped altogether (`--skip-rust`).
 
 Timing: inference is `model.eval()` under `torch.inference_mode()`, 2 warm-up
-runs, then the median of `--iters` timed runs. Training (resnet50_ibn_a,
-batch 8) is one SGD step (lr 0.01, momentum 0.9) with cross-entropy on random
+runs, then the median of `--iters` timed runs. Training (batch 8, the models
+named by `--train-models`, resnet50_ibn_a by default) is one SGD step (lr 0.01, momentum 0.9) with cross-entropy on random
 labels: forward + backward + step, 1 warm-up step, median of `--iters`.
 
 Order: one model at a time, the Rust side then the PyTorch side, so that the
@@ -35,6 +35,8 @@ Usage:
     python3 scripts/compare.py                         # both sides, Markdown table
     python3 scripts/compare.py --rounds 3              # 3 alternating rounds
     python3 scripts/compare.py --memory                # adds peak working memory
+    python3 scripts/compare.py --models resnext50_ibn_a --batches 8 \
+        --train-models resnext50_ibn_a                 # its training step too
     python3 scripts/compare.py --skip-rust --iters 3   # PyTorch only
     python3 scripts/compare.py --rust-json rust.jsonl --out BENCH.md
 """
@@ -58,7 +60,7 @@ from make_fixtures import named_model  # noqa: E402  (needs the sys.path entry a
 
 DEFAULT_MODELS = ["resnet18_ibn_a", "resnet50_ibn_a", "resnet50_ibn_b",
                   "resnext50_ibn_a", "densenet121_ibn_a"]
-TRAIN_MODEL = "resnet50_ibn_a"
+TRAIN_MODELS = ["resnet50_ibn_a"]
 TRAIN_BATCH = 8
 EVAL_WARMUP = 2
 TRAIN_WARMUP = 1
@@ -142,12 +144,11 @@ def time_torch_train(name, batch, iters, device):
     return _measure(step, TRAIN_WARMUP, iters, device)
 
 
-def run_cases(models, batches, train=True):
+def run_cases(models, batches, train_models=()):
     """The (model, batch, mode) cases of a run: every model and batch in evaluation, plus
-    the training step when its model is among `models`."""
+    the training step of each model also in `train_models`."""
     out = [(name, batch, "eval") for name in models for batch in batches]
-    if train and TRAIN_MODEL in models:
-        out.append((TRAIN_MODEL, TRAIN_BATCH, "train"))
+    out += [(name, TRAIN_BATCH, "train") for name in models if name in train_models]
     return out
 
 
@@ -391,8 +392,10 @@ def parse_args(argv=None):
     p.add_argument("--no-tf32", action="store_true",
                    help="CUDA: turn off TF32 in cuDNN convolutions and matmuls (PyTorch's "
                         "default lets cuDNN use TF32), so both sides compute in float32")
-    p.add_argument("--no-train", action="store_true",
-                   help=f"skip the PyTorch training step ({TRAIN_MODEL}, batch {TRAIN_BATCH})")
+    p.add_argument("--train-models", default=",".join(TRAIN_MODELS),
+                   help=f"comma-separated models whose training step (batch {TRAIN_BATCH}) is "
+                        "timed too, among --models (default: %(default)s)")
+    p.add_argument("--no-train", action="store_true", help="skip the training steps")
     p.add_argument("--features", default="flex",
                    help="cargo --features for the bench example (default: flex)")
     p.add_argument("--no-default-features", action="store_true",
@@ -411,6 +414,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    args.train_models = [] if args.no_train else [
+        m.strip() for m in args.train_models.split(",") if m.strip()]
     if args.iters < 1:
         p.error("--iters must be at least 1")
     if args.rounds < 1:
@@ -420,7 +425,7 @@ def parse_args(argv=None):
     if args.torch_case:
         name, batch, mode = args.torch_case.split(",")
         args.torch_case = (name, int(batch), mode)
-    for m in args.models:
+    for m in args.models + args.train_models:
         try:
             named_model_check(m)
         except (ValueError, KeyError):
@@ -460,11 +465,12 @@ def main(argv=None):
             log(f"round {r + 1} of {args.rounds}")
         rust_res, torch_res = {}, {}
         for model in args.models:
-            model_cases = run_cases([model], args.batches, train=not args.no_train)
+            model_cases = run_cases([model], args.batches, args.train_models)
             # The bench example's runs: all of the model's cases at once, or one per case.
-            runs = [(args.batches, ["--no-train"] if args.no_train else [])]
+            train = ["--train-models", ",".join(args.train_models)] if args.train_models else []
+            runs = [(args.batches, train or ["--no-train"])]
             if args.memory:
-                runs = [([batch], ["--no-eval"] if mode == "train" else ["--no-train"])
+                runs = [([batch], [*train, "--no-eval"] if mode == "train" else ["--no-train"])
                         for _, batch, mode in model_cases]
             if args.rust_json:
                 rust_res.update({k: v for k, v in rust_file.items() if k[0] == model})
