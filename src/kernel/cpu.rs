@@ -369,7 +369,7 @@ mod backends {
     use super::super::conv::{ConvKernels, output_size};
     use super::super::im2col::{ConvGeometry, conv2d_backward, conv2d_forward};
     use super::super::pool::cpu::PoolKernels;
-    use super::super::pool::{PoolGeometry, max_pool_planes};
+    use super::super::pool::{PoolGeometry, max_pool_backward_planes, max_pool_planes};
     use super::super::{NormKernels, dims4, direct, winograd};
 
     /// Read access to a CPU backend's tensors as contiguous `f32` values.
@@ -634,6 +634,34 @@ mod backends {
         write::<B>(out, Shape::new([n, c, oh, ow]), dtype, &device)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+    pub(in super::super) fn max_pool2d_planes_backward<B: CpuAccess>(
+        x: FloatTensor<B>,
+        output: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> FloatTensor<B> {
+        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
+        let [n, c, h, w] = dims4(&shape);
+        let g = PoolGeometry {
+            input: [h, w],
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        let dx = B::with_f32(x, |x| {
+            B::with_f32(output, |y| {
+                B::with_f32(grad, |dy| max_pool_backward_planes(x, y, dy, n * c, &g))
+            })
+        });
+        write::<B>(dx, shape, dtype, &device)
+    }
+
     macro_rules! cpu_pool_kernels {
         ($backend:ty) => {
             impl PoolKernels for $backend {
@@ -645,6 +673,19 @@ mod backends {
                     dilation: [usize; 2],
                 ) -> FloatTensor<Self> {
                     max_pool2d_planes::<Self>(x, kernel, stride, padding, dilation)
+                }
+
+                fn max_pool2d_planes_backward(
+                    x: FloatTensor<Self>,
+                    output: FloatTensor<Self>,
+                    grad: FloatTensor<Self>,
+                    kernel: [usize; 2],
+                    stride: [usize; 2],
+                    padding: [usize; 2],
+                    dilation: [usize; 2],
+                ) -> FloatTensor<Self> {
+                    let (k, s, p, d) = (kernel, stride, padding, dilation);
+                    max_pool2d_planes_backward::<Self>(x, output, grad, k, s, p, d)
                 }
             }
         };

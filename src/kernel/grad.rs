@@ -9,6 +9,8 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 
 use super::NormKernels;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use super::pool::cpu::PoolKernels;
 #[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
 use {
     super::ConvKernels, burn::backend::TensorMetadata, burn::backend::ops::FloatTensorOps,
@@ -338,5 +340,83 @@ impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B
             FloatTensor::<Self>::new(dx),
             FloatTensor::<Self>::new(dweight),
         )
+    }
+}
+
+/// Backward step of the CPU max pooling kernel: parent `[x]`.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[derive(Debug)]
+struct MaxPoolBackward;
+
+/// A max pooling's window: `[kernel, stride, padding, dilation]`, per axis.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+type PoolWindow = [[usize; 2]; 4];
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+impl<B: Backend + PoolKernels> Backward<B, 1> for MaxPoolBackward {
+    /// `(x, output, window)`.
+    type State = (NodeId, FloatTensor<B>, PoolWindow);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, output, [k, s, p, d]) = ops.state;
+        if let Some(node) = node_x {
+            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+            let dx = B::max_pool2d_planes_backward(x, output, grad, k, s, p, d);
+            grads.register::<B>(node.id, dx);
+        }
+    }
+}
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B, C> {
+    fn max_pool2d_planes(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let pool = |x| B::max_pool2d_planes(x, kernel, stride, padding, dilation);
+        match MaxPoolBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let output = pool(x.into_primitive());
+                let window = [kernel, stride, padding, dilation];
+                prep.finish((x_state, output.clone(), window), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(pool(x.into_primitive())),
+        }
+    }
+
+    fn max_pool2d_planes_backward(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> FloatTensor<Self> {
+        // Second derivatives are not provided: the gradient comes out as a constant.
+        FloatTensor::<Self>::new(B::max_pool2d_planes_backward(
+            x.into_primitive(),
+            output.into_primitive(),
+            grad.into_primitive(),
+            kernel,
+            stride,
+            padding,
+            dilation,
+        ))
     }
 }

@@ -1,18 +1,21 @@
-//! 2-d max pooling: this crate's kernel on CPU devices in evaluation, burn's elsewhere; 2-d
-//! average pooling over power-of-two windows as a depthwise convolution on the same devices.
+//! 2-d max pooling: this crate's kernel on CPU devices (with its own backward pass on their
+//! autodiff devices), burn's elsewhere; 2-d average pooling over power-of-two windows as a
+//! depthwise convolution on the same devices in evaluation.
 //!
 //! burn-flex pools every output value on its own, computing the index of the maximum (also
 //! when it is not wanted) and the valid part of the window with divisions: the stem's pooling
 //! of a ResNet took about 6 % of a batch-8 forward pass. The kernel here pools each plane in
 //! two separable passes over contiguous rows (the maximum along each input row's windows, then
-//! across the window's rows), without indices.
+//! across the window's rows), without indices. Its backward pass finds each window's maximum
+//! again from the input and the output and adds the output gradient there, as burn's does
+//! with the indices it keeps (8 bytes per output value).
 
 use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::tensor::Tensor;
 
-/// What `pool.forward(x)` computes (burn's `MaxPool2d`): on flex and ndarray devices without
-/// autodiff, with symmetric explicit padding of at most half the window and `ceil_mode` off,
-/// by this crate's kernel; otherwise by burn's.
+/// What `pool.forward(x)` computes (burn's `MaxPool2d`): on flex and ndarray devices (with
+/// autodiff or not), with symmetric explicit padding of at most half the window and
+/// `ceil_mode` off, by this crate's kernel; otherwise by burn's.
 ///
 /// # Shapes
 /// - `x`: `[N, C, H, W]`
@@ -38,7 +41,6 @@ pub(crate) fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
             && left == right
             && !pool.ceil_mode
             && fits
-            && !device.is_autodiff()
             && super::conv::on_cpu_backend(&device)
         {
             return cpu::max_pool2d(x, g.kernel, g.stride, g.padding, g.dilation);
@@ -96,17 +98,34 @@ pub(super) mod cpu {
     use burn::backend::{Backend, Dispatch, backend_extension};
     use burn::tensor::Tensor;
 
-    /// The backend operation behind the CPU path of `max_pool2d_module`. Not meant to be
+    /// The backend operations behind the CPU path of `max_pool2d_module`. Not meant to be
     /// called directly.
     #[backend_extension(
         Flex: cfg(feature = "flex"),
-        NdArray: cfg(feature = "ndarray")
+        NdArray: cfg(feature = "ndarray"),
+        Autodiff: cfg(feature = "autodiff")
     )]
     pub trait PoolKernels: Backend {
         /// Max pooling of `x` `[N, C, H, W]` with windows `kernel`, `stride`, symmetric
         /// `padding` and `dilation` (per axis); `[N, C, OH, OW]`.
         fn max_pool2d_planes(
             x: FloatTensor<Self>,
+            kernel: [usize; 2],
+            stride: [usize; 2],
+            padding: [usize; 2],
+            dilation: [usize; 2],
+        ) -> FloatTensor<Self>;
+
+        /// Input gradient `[N, C, H, W]` of [`max_pool2d_planes`](Self::max_pool2d_planes)
+        /// of `x`, given its `output` and the output gradient `grad` (`[N, C, OH, OW]`): each
+        /// output value's gradient added at its window's maximum, the first one in row-major
+        /// order (the last one when it is NaN), as burn's max pooling with indices chooses.
+        #[allow(clippy::too_many_arguments)]
+        #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+        fn max_pool2d_planes_backward(
+            x: FloatTensor<Self>,
+            output: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
             kernel: [usize; 2],
             stride: [usize; 2],
             padding: [usize; 2],
@@ -187,6 +206,81 @@ pub(super) fn max_pool_planes(x: &[f32], planes: usize, g: &PoolGeometry) -> Vec
     // SAFETY: `out` holds `planes` planes of `OH * OW` values, `x` as many of `H * W`
     // (checked by the caller), and `pool_columns` writes every value of each.
     unsafe { assume_init(out) }
+}
+
+/// Input gradient of [`max_pool_planes`]: `x` `[planes, H, W]`, its pooled `output` and the
+/// output gradient `grad` (both `[planes, OH, OW]`), contiguous; `[planes, H, W]`.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+pub(super) fn max_pool_backward_planes(
+    x: &[f32],
+    output: &[f32],
+    grad: &[f32],
+    planes: usize,
+    g: &PoolGeometry,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+
+    let [h, w] = g.input;
+    let [oh, ow] = g.output();
+    assert!(
+        x.len() == planes * h * w && output.len() == planes * oh * ow && grad.len() == output.len(),
+        "max pooling backward: input, output and gradient sizes"
+    );
+    let mut dx = vec![0.0f32; planes * h * w];
+    if oh * ow == 0 || h * w == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(h * w)
+        .zip(x.par_chunks(h * w))
+        .zip(output.par_chunks(oh * ow).zip(grad.par_chunks(oh * ow)))
+        .for_each(|((dx, x), (y, dy))| unpool_plane(x, y, dy, dx, g));
+    dx
+}
+
+/// One plane of [`max_pool_backward_planes`]: adds `dy` `[OH, OW]` onto `dx` `[H, W]` at the
+/// maximum of each window of `x` `[H, W]`, found as the first value equal to the window's
+/// output `y` (a maximum has no rounding), or for a NaN output the window's last NaN.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+#[inline(always)]
+fn unpool_plane_body(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32], g: &PoolGeometry) {
+    let [h, w] = g.input;
+    let ow = g.output()[1];
+    let taps = |o: usize, axis: usize, size: usize| {
+        (0..g.kernel[axis]).filter_map(move |i| {
+            (o * g.stride[axis] + i * g.dilation[axis])
+                .checked_sub(g.padding[axis])
+                .filter(|&v| v < size)
+        })
+    };
+    for (o, (&m, &d)) in y.iter().zip(dy).enumerate() {
+        let (oy, ox) = (o / ow, o % ow);
+        let mut at = None;
+        'window: for iy in taps(oy, 0, h) {
+            for ix in taps(ox, 1, w) {
+                let v = x[iy * w + ix];
+                if m.is_nan() {
+                    if v.is_nan() {
+                        at = Some(iy * w + ix);
+                    }
+                } else if v == m {
+                    at = Some(iy * w + ix);
+                    break 'window;
+                }
+            }
+        }
+        if let Some(at) = at {
+            dx[at] += d;
+        }
+    }
+}
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+super::simd::multiversion! {
+    #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+    fn unpool_plane(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32], g: &PoolGeometry)
+        => unpool_plane_body
 }
 
 /// One plane: `plane` `[H, W]` pooled into `out` `[OH, OW]` through `rows` `[H, OW]`.
@@ -278,7 +372,7 @@ fn pool_columns(rows: &[f32], out: &mut [core::mem::MaybeUninit<f32>], g: &PoolG
 #[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
 mod tests {
     use burn::nn::PaddingConfig2d;
-    use burn::nn::pool::MaxPool2dConfig;
+    use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
     use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
     use super::{PoolGeometry, max_nan};
@@ -321,47 +415,57 @@ mod tests {
     /// The kernel equals the direct definition exactly (a maximum has no rounding), NaN
     /// included, and burn's `MaxPool2d` on inputs without NaN (burn's ndarray backend does not
     /// propagate NaN).
+    /// Max pooling cases: `(input [H, W], kernel, stride, padding, dilation)`.
+    type Case = ([usize; 2], [usize; 2], [usize; 2], [usize; 2], [usize; 2]);
+
+    const CASES: [Case; 9] = [
+        ([112, 112], [3, 3], [2, 2], [1, 1], [1, 1]),
+        ([13, 9], [3, 3], [2, 2], [1, 1], [1, 1]),
+        ([8, 8], [2, 2], [2, 2], [0, 0], [1, 1]),
+        ([7, 9], [3, 3], [1, 1], [1, 1], [1, 1]),
+        ([9, 11], [3, 3], [2, 3], [2, 2], [2, 2]),
+        ([6, 10], [3, 2], [2, 1], [1, 1], [1, 1]),
+        ([5, 5], [5, 5], [1, 1], [2, 2], [1, 1]),
+        ([1, 1], [1, 1], [1, 1], [0, 0], [1, 1]),
+        ([4, 17], [1, 3], [1, 4], [0, 1], [1, 1]),
+    ];
+
+    /// The geometry of a case, burn's pooling module for it and a description.
+    fn case((input, kernel, stride, padding, dilation): Case) -> (PoolGeometry, MaxPool2d, String) {
+        let g = PoolGeometry {
+            input,
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        let pool = MaxPool2dConfig::new(kernel)
+            .with_strides(stride)
+            .with_padding(PaddingConfig2d::Explicit(
+                padding[0], padding[1], padding[0], padding[1],
+            ))
+            .with_dilation(dilation)
+            .init();
+        let what = format!(
+            "max pool {input:?} kernel {kernel:?} stride {stride:?} padding {padding:?} \
+             dilation {dilation:?}"
+        );
+        (g, pool, what)
+    }
+
     #[test]
     fn max_pool_equals_the_definition_and_burn() {
-        // (input [H, W], kernel, stride, padding, dilation)
-        type Case = ([usize; 2], [usize; 2], [usize; 2], [usize; 2], [usize; 2]);
-        let cases: [Case; 9] = [
-            ([112, 112], [3, 3], [2, 2], [1, 1], [1, 1]),
-            ([13, 9], [3, 3], [2, 2], [1, 1], [1, 1]),
-            ([8, 8], [2, 2], [2, 2], [0, 0], [1, 1]),
-            ([7, 9], [3, 3], [1, 1], [1, 1], [1, 1]),
-            ([9, 11], [3, 3], [2, 3], [2, 2], [2, 2]),
-            ([6, 10], [3, 2], [2, 1], [1, 1], [1, 1]),
-            ([5, 5], [5, 5], [1, 1], [2, 2], [1, 1]),
-            ([1, 1], [1, 1], [1, 1], [0, 0], [1, 1]),
-            ([4, 17], [1, 3], [1, 4], [0, 1], [1, 1]),
-        ];
         for name in available_devices() {
             let device: Device = device_from_name(name).unwrap();
             if !super::super::conv::on_cpu_backend(&device) {
                 continue;
             }
-            for (input, kernel, stride, padding, dilation) in cases {
-                let g = PoolGeometry {
-                    input,
-                    kernel,
-                    stride,
-                    padding,
-                    dilation,
-                };
-                let what = format!(
-                    "max pool {input:?} kernel {kernel:?} stride {stride:?} padding {padding:?} \
-                     dilation {dilation:?} on {name}"
-                );
+            for c in CASES {
+                let (g, pool, what) = case(c);
+                let (input, kernel, stride, padding, dilation) = c;
+                let what = format!("{what} on {name}");
                 let shape = [2, 3, input[0], input[1]];
                 let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-                let pool = MaxPool2dConfig::new(kernel)
-                    .with_strides(stride)
-                    .with_padding(PaddingConfig2d::Explicit(
-                        padding[0], padding[1], padding[0], padding[1],
-                    ))
-                    .with_dilation(dilation)
-                    .init();
                 let fast = |x: &Tensor<4>| {
                     super::cpu::max_pool2d(x.clone(), kernel, stride, padding, dilation)
                 };
@@ -384,6 +488,91 @@ mod tests {
                 let expected =
                     Tensor::<4>::from_data(TensorData::new(expected, out.dims()), &device);
                 assert_eq!(bits(out), bits(expected), "with NaN and ties, {what}");
+            }
+        }
+    }
+
+    /// Max pooling's input gradient straight from its definition: each output's gradient
+    /// added at its window's first maximum (a later value only when larger, or NaN: the last
+    /// NaN), as burn's max pooling with indices.
+    fn direct_grad(x: &[f32], dy: &[f32], planes: usize, g: &PoolGeometry) -> Vec<f32> {
+        let ([h, w], [oh, ow]) = (g.input, g.output());
+        let mut dx = vec![0.0f32; x.len()];
+        for p in 0..planes {
+            let (plane, grad) = (&x[p * h * w..], &dy[p * oh * ow..]);
+            for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                let mut best: Option<(f32, usize)> = None;
+                for (i, j) in (0..g.kernel[0]).flat_map(|i| (0..g.kernel[1]).map(move |j| (i, j))) {
+                    let iy =
+                        (oy * g.stride[0] + i * g.dilation[0]) as isize - g.padding[0] as isize;
+                    let ix =
+                        (ox * g.stride[1] + j * g.dilation[1]) as isize - g.padding[1] as isize;
+                    if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                        let at = iy as usize * w + ix as usize;
+                        let v = plane[at];
+                        if best.is_none_or(|(m, _)| v > m || v.is_nan()) {
+                            best = Some((v, at));
+                        }
+                    }
+                }
+                if let Some((_, at)) = best {
+                    dx[p * h * w + at] += grad[oy * ow + ox];
+                }
+            }
+        }
+        dx
+    }
+
+    /// The kernel's backward pass on the CPU autodiff devices gives burn's input gradient bit
+    /// for bit, on ReLU'd inputs (ties at zero) with a constant plane, and the direct
+    /// definition's with a NaN.
+    #[cfg(feature = "autodiff")]
+    #[test]
+    fn max_pool_gradient_equals_burn_and_the_definition() {
+        for name in available_devices() {
+            let device: Device = device_from_name(name).unwrap();
+            if !super::super::conv::on_cpu_backend(&device) {
+                continue;
+            }
+            let device = device.autodiff();
+            for c in CASES {
+                let (g, pool, what) = case(c);
+                let what = format!("{what} on {name} (autodiff)");
+                let [oh, ow] = g.output();
+                let (shape, plane) = ([2, 3, c.0[0], c.0[1]], c.0[0] * c.0[1]);
+                let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+                let mut values = burn::tensor::activation::relu(x)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                values[plane..2 * plane].fill(0.25);
+                let dy = Tensor::<4>::random([2, 3, oh, ow], Distribution::Default, &device);
+                let grad = |values: &[f32], ours: bool| {
+                    let x =
+                        Tensor::<4>::from_data(TensorData::new(values.to_vec(), shape), &device)
+                            .require_grad();
+                    let y = if ours {
+                        super::max_pool2d_module(&pool, x.clone())
+                    } else {
+                        pool.forward(x.clone())
+                    };
+                    let grads = (y * dy.clone()).sum().backward();
+                    x.grad(&grads).expect("input gradient")
+                };
+                assert_eq!(
+                    bits(grad(&values, true)),
+                    bits(grad(&values, false)),
+                    "{what}"
+                );
+                values[plane / 2] = f32::NAN;
+                let dy_values = dy.to_data().try_to_vec::<f32>().unwrap();
+                let expected = direct_grad(&values, &dy_values, 6, &g);
+                let expected = Tensor::<4>::from_data(TensorData::new(expected, shape), &device);
+                assert_eq!(
+                    bits(grad(&values, true)),
+                    bits(expected),
+                    "with NaN, {what}"
+                );
             }
         }
     }
