@@ -247,31 +247,38 @@ pub(super) fn max_pool_backward_planes(
 fn unpool_plane_body(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32], g: &PoolGeometry) {
     let [h, w] = g.input;
     let ow = g.output()[1];
-    let taps = |o: usize, axis: usize, size: usize| {
-        (0..g.kernel[axis]).filter_map(move |i| {
-            (o * g.stride[axis] + i * g.dilation[axis])
-                .checked_sub(g.padding[axis])
-                .filter(|&v| v < size)
-        })
+    // Per output row and column: the input index of the window's first tap inside the plane
+    // and the number of taps inside it (the taps are `dilation` apart).
+    let spans = |axis: usize, size: usize, outputs: usize| -> Vec<(usize, usize)> {
+        (0..outputs)
+            .map(|o| {
+                let mut inside = (0..g.kernel[axis]).filter_map(|i| {
+                    (o * g.stride[axis] + i * g.dilation[axis])
+                        .checked_sub(g.padding[axis])
+                        .filter(|&v| v < size)
+                });
+                let first = inside.next();
+                first.map_or((0, 0), |first| (first, 1 + inside.count()))
+            })
+            .collect()
     };
-    for (o, (&m, &d)) in y.iter().zip(dy).enumerate() {
-        let (oy, ox) = (o / ow, o % ow);
-        let mut at = None;
-        'window: for iy in taps(oy, 0, h) {
-            for ix in taps(ox, 1, w) {
-                let v = x[iy * w + ix];
-                if m.is_nan() {
-                    if v.is_nan() {
-                        at = Some(iy * w + ix);
-                    }
-                } else if v == m {
-                    at = Some(iy * w + ix);
-                    break 'window;
-                }
+    let rows = spans(0, h, g.output()[0]);
+    let cols = spans(1, w, ow);
+    let [dr, dc] = [g.dilation[0] * w, g.dilation[1]];
+    for (oy, &(iy, ny)) in rows.iter().enumerate() {
+        for (ox, &(ix, nx)) in cols.iter().enumerate() {
+            let o = oy * ow + ox;
+            let m = y[o];
+            let first = iy * w + ix;
+            let mut taps = (0..ny).flat_map(|a| (0..nx).map(move |b| first + a * dr + b * dc));
+            let at = if m.is_nan() {
+                taps.rfind(|&i| x[i].is_nan())
+            } else {
+                taps.find(|&i| x[i] == m)
+            };
+            if let Some(at) = at {
+                dx[at] += dy[o];
             }
-        }
-        if let Some(at) = at {
-            dx[at] += d;
         }
     }
 }
@@ -564,7 +571,9 @@ mod tests {
                     bits(grad(&values, false)),
                     "{what}"
                 );
+                // Two NaNs side by side: windows holding both route to the second.
                 values[plane / 2] = f32::NAN;
+                values[(plane / 2 + 1).min(plane - 1)] = f32::NAN;
                 let dy_values = dy.to_data().try_to_vec::<f32>().unwrap();
                 let expected = direct_grad(&values, &dy_values, 6, &g);
                 let expected = Tensor::<4>::from_data(TensorData::new(expected, shape), &device);
