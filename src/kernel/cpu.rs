@@ -4,7 +4,7 @@
 use core::mem::MaybeUninit;
 use core::ops::Range;
 
-use super::buffer::{assume_init, uninit};
+use super::buffer::{assume_init, assume_init_mut, uninit};
 use super::simd::multiversion;
 
 /// Lanes of the `f64` accumulators: independent partial sums so the loops vectorise.
@@ -135,6 +135,50 @@ multiversion! {
     ) => norm_plane_body
 }
 
+/// The input gradient of one plane of `plane_norm` as `dx = g * a + (x - mu) * cx + b`, from
+/// the plane's input `x` and output gradient `g`; with the plane's `(sum(g * xhat), sum(g))`.
+struct PlaneGrad {
+    a: f32,
+    mu: f32,
+    cx: f32,
+    b: f32,
+    /// Whether `dx` depends on `x` (`cx != 0`): planes normalised with their statistics.
+    stat: bool,
+    sums: (f64, f64),
+}
+
+impl PlaneGrad {
+    #[inline(always)]
+    fn new(x: &[f32], g: &[f32], stat: bool, scale: f32, epsilon: f32) -> Self {
+        let m = x.len() as f64;
+        // xhat = (x - mu) * r: the normalised input, or x itself without statistics.
+        let (mu, r) = if stat {
+            let (mean, var) = mean_var(x);
+            (mean, 1.0 / (var + epsilon as f64).sqrt())
+        } else {
+            (0.0, 1.0)
+        };
+        let sum_g = sum_f64(g, |v| v as f64);
+        let sum_gx = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mu)) * r;
+        let k = scale as f64 * r;
+        // With statistics dx = scale * r * (g - mean(g) - xhat * mean(g * xhat)), else
+        // dx = scale * g.
+        let (b, cx) = if stat {
+            ((-k * sum_g / m) as f32, (-k * sum_gx * r / m) as f32)
+        } else {
+            (0.0, 0.0)
+        };
+        Self {
+            a: k as f32,
+            mu: mu as f32,
+            cx,
+            b,
+            stat,
+            sums: (sum_gx, sum_g),
+        }
+    }
+}
+
 /// One plane of [`norm_backward`]: writes `dx` and returns `(sum(g * xhat), sum(g))`.
 #[inline(always)]
 fn norm_backward_plane_body(
@@ -145,30 +189,42 @@ fn norm_backward_plane_body(
     scale: f32,
     epsilon: f32,
 ) -> (f64, f64) {
-    let m = x.len() as f64;
-    // xhat = (x - mu) * r: the normalised input, or x itself without statistics.
-    let (mu, r) = if stat {
-        let (mean, var) = mean_var(x);
-        (mean, 1.0 / (var + epsilon as f64).sqrt())
-    } else {
-        (0.0, 1.0)
-    };
-    let sum_g = sum_f64(g, |v| v as f64);
-    let sum_gx = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mu)) * r;
-    let k = scale as f64 * r;
-    if !stat {
-        // dx = scale * g
-        affine(g, dx, k as f32, 0.0);
-        return (sum_gx, sum_g);
+    let p = PlaneGrad::new(x, g, stat, scale, epsilon);
+    if !p.stat {
+        affine(g, dx, p.a, 0.0);
+        return p.sums;
     }
-    // dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))
-    let b = (-k * sum_g / m) as f32;
-    let cx = (-k * sum_gx * r / m) as f32;
-    let (a, mu) = (k as f32, mu as f32);
     for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-        dx.write(g * a + (x - mu) * cx + b);
+        dx.write(g * p.a + (x - p.mu) * p.cx + p.b);
     }
-    (sum_gx, sum_g)
+    p.sums
+}
+
+/// [`norm_backward_plane_body`] after ReLU's mask: the output gradient is `grad` masked by the
+/// plane's ReLU `output` ([`mask`]), held in `dx` (which stays in cache) and then turned into
+/// the input gradient in place.
+#[inline(always)]
+fn norm_relu_backward_plane_body(
+    x: &[f32],
+    output: &[f32],
+    grad: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    stat: bool,
+    scale: f32,
+    epsilon: f32,
+) -> (f64, f64) {
+    mask(output, grad, dx);
+    // SAFETY: `mask` wrote every value of `dx`.
+    let g = unsafe { assume_init_mut(dx) };
+    let p = PlaneGrad::new(x, g, stat, scale, epsilon);
+    if !p.stat {
+        g.iter_mut().for_each(|g| *g *= p.a);
+        return p.sums;
+    }
+    for (g, &x) in g.iter_mut().zip(x) {
+        *g = *g * p.a + (x - p.mu) * p.cx + p.b;
+    }
+    p.sums
 }
 
 multiversion! {
@@ -180,6 +236,18 @@ multiversion! {
         scale: f32,
         epsilon: f32,
     ) -> (f64, f64) => norm_backward_plane_body
+}
+
+multiversion! {
+    fn norm_relu_backward_plane(
+        x: &[f32],
+        output: &[f32],
+        grad: &[f32],
+        dx: &mut [MaybeUninit<f32>],
+        stat: bool,
+        scale: f32,
+        epsilon: f32,
+    ) -> (f64, f64) => norm_relu_backward_plane_body
 }
 
 multiversion! {
@@ -256,9 +324,12 @@ pub(super) fn norm_forward(
     unsafe { assume_init(out) }
 }
 
-/// Backward of `plane_norm`: `(dx, dscale [C], dshift [C])`.
+/// Backward of `plane_norm`: `(dx, dscale [C], dshift [C])`; with `relu_output` (the output
+/// of a `plane_norm` that applied ReLU), `grad` is first masked by it ([`mask`]), plane by plane.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn norm_backward(
     x: &[f32],
+    relu_output: Option<&[f32]>,
     grad: &[f32],
     [n, c, h, w]: [usize; 4],
     scale: &[f32],
@@ -266,6 +337,10 @@ pub(super) fn norm_backward(
     epsilon: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     use rayon::prelude::*;
+    assert_eq!(grad.len(), x.len(), "input and gradient lengths");
+    if let Some(y) = relu_output {
+        assert_eq!(y.len(), x.len(), "input and ReLU output lengths");
+    }
     let hw = h * w;
     let mut dx = uninit(x.len());
     let mut sums = vec![(0.0f64, 0.0f64); n * c];
@@ -276,8 +351,14 @@ pub(super) fn norm_backward(
             .enumerate()
             .for_each(|(p, ((dx, (x, g)), sums))| {
                 let ch = p % c;
-                let stat = stats.contains(&ch);
-                *sums = norm_backward_plane(x, g, dx, stat, scale[ch], epsilon);
+                let (stat, scale) = (stats.contains(&ch), scale[ch]);
+                *sums = match relu_output {
+                    Some(y) => {
+                        let y = &y[p * hw..(p + 1) * hw];
+                        norm_relu_backward_plane(x, y, g, dx, stat, scale, epsilon)
+                    }
+                    None => norm_backward_plane(x, g, dx, stat, scale, epsilon),
+                };
             });
     }
     // SAFETY: `dx`, `x` and `grad` have the same length, a whole number of planes of `hw`
@@ -469,8 +550,10 @@ mod backends {
         write::<B>(out, shape, dtype, &device)
     }
 
+    /// `plane_norm_backward`, and with `relu_output` `plane_norm_relu_backward`.
     pub(in super::super) fn plane_norm_backward<B: CpuAccess>(
         x: FloatTensor<B>,
+        relu_output: Option<FloatTensor<B>>,
         grad: FloatTensor<B>,
         scale: FloatTensor<B>,
         stat_start: usize,
@@ -480,16 +563,14 @@ mod backends {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
         let scale_shape = scale.shape();
         let scale = read::<B>(scale);
+        let backward = |x: &[f32], y: Option<&[f32]>, grad: &[f32]| {
+            let (dims, stats) = (dims4(&shape), stat_start..stat_end);
+            super::norm_backward(x, y, grad, dims, &scale, stats, epsilon)
+        };
         let (dx, dscale, dshift) = B::with_f32(x, |x| {
-            B::with_f32(grad, |grad| {
-                super::norm_backward(
-                    x,
-                    grad,
-                    dims4(&shape),
-                    &scale,
-                    stat_start..stat_end,
-                    epsilon,
-                )
+            B::with_f32(grad, |grad| match relu_output {
+                Some(y) => B::with_f32(y, |y| backward(x, Some(y), grad)),
+                None => backward(x, None, grad),
             })
         });
         (
@@ -577,7 +658,21 @@ mod backends {
                     stat_end: usize,
                     epsilon: f32,
                 ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-                    plane_norm_backward::<Self>(x, grad, scale, stat_start, stat_end, epsilon)
+                    let (start, end) = (stat_start, stat_end);
+                    plane_norm_backward::<Self>(x, None, grad, scale, start, end, epsilon)
+                }
+
+                fn plane_norm_relu_backward(
+                    x: FloatTensor<Self>,
+                    output: FloatTensor<Self>,
+                    grad: FloatTensor<Self>,
+                    scale: FloatTensor<Self>,
+                    stat_start: usize,
+                    stat_end: usize,
+                    epsilon: f32,
+                ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                    let (start, end, y) = (stat_start, stat_end, Some(output));
+                    plane_norm_backward::<Self>(x, y, grad, scale, start, end, epsilon)
                 }
 
                 fn plane_moments(

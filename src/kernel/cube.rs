@@ -454,6 +454,19 @@ impl NormKernels for CubeBackend {
         (dx, dscale, dshift)
     }
 
+    fn plane_norm_relu_backward(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let grad = Self::relu_mask(output, grad);
+        Self::plane_norm_backward(x, grad, scale, stat_start, stat_end, epsilon)
+    }
+
     fn plane_moments(x: FloatTensor<Self>, start: usize, end: usize) -> FloatTensor<Self> {
         let [n, c, h, w] = dims4(&x.shape());
         let k = end - start;

@@ -29,20 +29,33 @@ type NormState<B> = (
 );
 
 /// The gradients of a normalisation pass: `(dx, dresidual, dscale, dshift)`, where
-/// `dresidual` is the output gradient after ReLU's mask.
+/// `dresidual` (only with `residual`) is the output gradient after ReLU's mask.
 fn norm_grads<B: Backend + NormKernels>(
     state: NormState<B>,
     grad: FloatTensor<B>,
     checkpointer: &mut Checkpointer,
-) -> [FloatTensor<B>; 4] {
+    residual: bool,
+) -> [Option<FloatTensor<B>>; 4] {
     let (x_state, scale, start, end, epsilon, output) = state;
     let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
-    let grad = match output {
-        Some(output) => B::relu_mask(output, grad),
-        None => grad,
+    let (dx, dresidual, dscale, dshift) = match output {
+        // The masked gradient is not needed on its own: mask and backward pass in one.
+        Some(output) if !residual => {
+            let (dx, dscale, dshift) =
+                B::plane_norm_relu_backward(x, output, grad, scale, start, end, epsilon);
+            (dx, None, dscale, dshift)
+        }
+        output => {
+            let grad = match output {
+                Some(output) => B::relu_mask(output, grad),
+                None => grad,
+            };
+            let dresidual = residual.then(|| grad.clone());
+            let (dx, dscale, dshift) = B::plane_norm_backward(x, grad, scale, start, end, epsilon);
+            (dx, dresidual, dscale, dshift)
+        }
     };
-    let (dx, dscale, dshift) = B::plane_norm_backward(x, grad.clone(), scale, start, end, epsilon);
-    [dx, grad, dscale, dshift]
+    [Some(dx), dresidual, Some(dscale), Some(dshift)]
 }
 
 /// Backward step of `plane_norm`: parents `[x, scale, shift]`.
@@ -60,9 +73,9 @@ impl<B: Backend + NormKernels> Backward<B, 3> for PlaneNormBackward {
     ) {
         let [node_x, node_scale, node_shift] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let [dx, _, dscale, dshift] = norm_grads::<B>(ops.state, grad, checkpointer);
+        let [dx, _, dscale, dshift] = norm_grads::<B>(ops.state, grad, checkpointer, false);
         for (node, grad) in [(node_x, dx), (node_scale, dscale), (node_shift, dshift)] {
-            if let Some(node) = node {
+            if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<B>(node.id, grad);
             }
         }
@@ -83,9 +96,9 @@ impl<B: Backend + NormKernels> Backward<B, 4> for PlaneNormAddBackward {
         checkpointer: &mut Checkpointer,
     ) {
         let grad = grads.consume::<B>(&ops.node);
-        let all = norm_grads::<B>(ops.state, grad, checkpointer);
+        let all = norm_grads::<B>(ops.state, grad, checkpointer, true);
         for (node, grad) in ops.parents.into_iter().zip(all) {
-            if let Some(node) = node {
+            if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<B>(node.id, grad);
             }
         }
@@ -195,6 +208,32 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         // Second derivatives are not provided: the gradients come out as constants.
         let (dx, dscale, dshift) = B::plane_norm_backward(
             x.into_primitive(),
+            grad.into_primitive(),
+            scale.into_primitive(),
+            stat_start,
+            stat_end,
+            epsilon,
+        );
+        (
+            FloatTensor::<Self>::new(dx),
+            FloatTensor::<Self>::new(dscale),
+            FloatTensor::<Self>::new(dshift),
+        )
+    }
+
+    fn plane_norm_relu_backward(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // Second derivatives are not provided: the gradients come out as constants.
+        let (dx, dscale, dshift) = B::plane_norm_relu_backward(
+            x.into_primitive(),
+            output.into_primitive(),
             grad.into_primitive(),
             scale.into_primitive(),
             stat_start,

@@ -145,6 +145,23 @@ pub trait NormKernels: Backend {
         epsilon: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
+    /// Gradients of [`plane_norm`](NormKernels::plane_norm) with `relu`, given its `output`
+    /// and the output gradient `grad` (both `[N, C, H, W]`): ReLU's mask
+    /// ([`relu_mask`](NormKernels::relu_mask)) and
+    /// [`plane_norm_backward`](NormKernels::plane_norm_backward) in one, `(dx [N, C, H, W],
+    /// dscale [C], dshift [C])` (on CPU backends plane by plane, the masked gradient never
+    /// written out as a tensor).
+    #[fusion(meta = relu_backward_meta)]
+    fn plane_norm_relu_backward(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
     /// ReLU's input gradient given its `output`: `grad` where `output > 0` (or is NaN), else
     /// 0; both `[N, C, H, W]`, of one shape. For the backward passes of the kernels that apply
     /// ReLU (burn's `relu_backward`, in one vectorised pass on CPU backends).
@@ -188,6 +205,20 @@ fn backward_meta(
     _epsilon: &f32,
 ) -> (Spec, Spec, Spec) {
     (x.clone(), scale.clone(), scale.clone())
+}
+
+/// Output metadata of [`NormKernels::plane_norm_relu_backward`] under kernel fusion.
+#[cfg(feature = "wgpu")]
+fn relu_backward_meta(
+    x: &Spec,
+    _output: &Spec,
+    grad: &Spec,
+    scale: &Spec,
+    start: &usize,
+    end: &usize,
+    epsilon: &f32,
+) -> (Spec, Spec, Spec) {
+    backward_meta(x, grad, scale, start, end, epsilon)
 }
 
 /// Normalises `x` plane by plane and writes one output tensor.
