@@ -238,6 +238,14 @@ fn main() {
             bench(&format!("{label}, ibn-net"), shape, iters, &x, |x| {
                 step(x, |x| kernel::conv2d(x, w.clone(), None, options.clone()))
             });
+            if k == 3 && stride == 1 && groups == 1 {
+                kernel::set_winograd(false);
+                let name = format!("{label}, ibn-net, winograd off");
+                bench(&name, shape, iters, &x, |x| {
+                    step(x, |x| kernel::conv2d(x, w.clone(), None, options.clone()))
+                });
+                kernel::set_winograd(true);
+            }
         }
     }
 
