@@ -708,6 +708,21 @@ mod backends {
     #[cfg(feature = "ndarray")]
     cpu_kernels!(burn::backend::NdArray);
 
+    /// `[N, C]` of an input of shape `[N, C, H, W]` and the pooling of its planes with
+    /// `[kernel, stride, padding, dilation]`.
+    fn pool_geometry(shape: &Shape, window: [[usize; 2]; 4]) -> ([usize; 2], PoolGeometry) {
+        let [n, c, h, w] = dims4(shape);
+        let [kernel, stride, padding, dilation] = window;
+        let g = PoolGeometry {
+            input: [h, w],
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        ([n, c], g)
+    }
+
     pub(in super::super) fn max_pool2d_planes<B: CpuAccess>(
         x: FloatTensor<B>,
         kernel: [usize; 2],
@@ -716,14 +731,7 @@ mod backends {
         dilation: [usize; 2],
     ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
-        let [n, c, h, w] = dims4(&shape);
-        let g = PoolGeometry {
-            input: [h, w],
-            kernel,
-            stride,
-            padding,
-            dilation,
-        };
+        let ([n, c], g) = pool_geometry(&shape, [kernel, stride, padding, dilation]);
         let [oh, ow] = g.output();
         let out = B::with_f32(x, |x| max_pool_planes(x, n * c, &g));
         write::<B>(out, Shape::new([n, c, oh, ow]), dtype, &device)
@@ -741,14 +749,7 @@ mod backends {
         dilation: [usize; 2],
     ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
-        let [n, c, h, w] = dims4(&shape);
-        let g = PoolGeometry {
-            input: [h, w],
-            kernel,
-            stride,
-            padding,
-            dilation,
-        };
+        let ([n, c], g) = pool_geometry(&shape, [kernel, stride, padding, dilation]);
         let dx = B::with_f32(x, |x| {
             B::with_f32(output, |y| {
                 B::with_f32(grad, |dy| max_pool_backward_planes(x, y, dy, n * c, &g))

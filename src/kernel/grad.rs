@@ -130,6 +130,23 @@ impl<B: Backend + NormKernels> Backward<B, 1> for PlaneMomentsBackward {
     }
 }
 
+/// Gradients `(dx, dscale, dshift)` computed by the inner backend, as untracked tensors of the
+/// autodiff backend: second derivatives of the kernels are not provided.
+#[allow(clippy::type_complexity)]
+fn constants<B: Backend, C: CheckpointStrategy>(
+    (dx, dscale, dshift): (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>),
+) -> (
+    FloatTensor<Autodiff<B, C>>,
+    FloatTensor<Autodiff<B, C>>,
+    FloatTensor<Autodiff<B, C>>,
+) {
+    (
+        FloatTensor::<Autodiff<B, C>>::new(dx),
+        FloatTensor::<Autodiff<B, C>>::new(dscale),
+        FloatTensor::<Autodiff<B, C>>::new(dshift),
+    )
+}
+
 /// A normalisation pass under autodiff: `op` is its backward step over the parents `nodes`,
 /// `run` computes the output from the inner `(x, scale)` (the other inputs captured);
 /// `(stat_start, stat_end, epsilon, relu)` as the op's. Keeps what [`norm_grads`] needs when
@@ -205,20 +222,14 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         stat_end: usize,
         epsilon: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        // Second derivatives are not provided: the gradients come out as constants.
-        let (dx, dscale, dshift) = B::plane_norm_backward(
+        constants::<B, C>(B::plane_norm_backward(
             x.into_primitive(),
             grad.into_primitive(),
             scale.into_primitive(),
             stat_start,
             stat_end,
             epsilon,
-        );
-        (
-            FloatTensor::<Self>::new(dx),
-            FloatTensor::<Self>::new(dscale),
-            FloatTensor::<Self>::new(dshift),
-        )
+        ))
     }
 
     fn plane_norm_relu_backward(
@@ -230,8 +241,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         stat_end: usize,
         epsilon: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        // Second derivatives are not provided: the gradients come out as constants.
-        let (dx, dscale, dshift) = B::plane_norm_relu_backward(
+        constants::<B, C>(B::plane_norm_relu_backward(
             x.into_primitive(),
             output.into_primitive(),
             grad.into_primitive(),
@@ -239,12 +249,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
             stat_start,
             stat_end,
             epsilon,
-        );
-        (
-            FloatTensor::<Self>::new(dx),
-            FloatTensor::<Self>::new(dscale),
-            FloatTensor::<Self>::new(dshift),
-        )
+        ))
     }
 
     fn relu_mask(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
