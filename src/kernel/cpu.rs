@@ -142,7 +142,7 @@ struct PlaneGrad {
     mu: f32,
     cx: f32,
     b: f32,
-    /// Whether `dx` depends on `x` (`cx != 0`): planes normalised with their statistics.
+    /// Whether the plane is normalised with its own statistics (then `dx` depends on `x`).
     stat: bool,
     sums: (f64, f64),
 }

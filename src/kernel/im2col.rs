@@ -9,7 +9,8 @@
 //! backward pass is two products per sample: `dW_g += dY_g x col_g^T` and
 //! `dcol_g = W_g^T x dY_g`, then `dcol` is folded back onto the input planes (col2im); for
 //! small output planes the weight gradient is instead one product over many samples at once
-//! (their `col` and `dY` side by side).
+//! (their `col` and `dY` side by side), and for few output channels it is summed transposed,
+//! `dW_g^T += col_g x dY_g^T` (the product then copies `dY_g` rather than the larger `col_g`).
 //!
 //! Large inputs are unfolded a block of output rows at a time, so `col` stays within
 //! `COL_BUDGET` values whatever the image size. Work is split across samples when there are at
@@ -188,7 +189,7 @@ impl ConvGeometry {
     /// channel-reducing 1x1 convolutions of ResNet's first two stages).
     fn weight_grad_transposed(&self) -> bool {
         let cog = self.c_out / self.groups;
-        cog < self.k_group() && cog <= TRANSPOSED_WEIGHT_GRAD
+        (1..=TRANSPOSED_WEIGHT_GRAD).contains(&cog) && cog < self.k_group()
     }
 
     /// Number of tasks the batch is split into: one per thread when there are at least as
@@ -837,7 +838,9 @@ fn batched_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], chunk: usize) ->
 
 /// `dW_g [cog, kg] (+)= dY_g [cog, k] x col_g^T [k, kg]` for every group `g` (`dy_g(g)` the
 /// group's output gradient over the `k` positions, `cols` `[groups * kg, k]` row-major), into
-/// `dw` `[C_out, kg]`; `+=` with `accumulate`.
+/// `dw` `[C_out, kg]`, or transposed, `[kg, cog]` per group, when
+/// [`ConvGeometry::weight_grad_transposed`] ([`weight_grad_layout`] turns it back); `+=` with
+/// `accumulate`.
 fn weight_grad_products<'a, T: Slot>(
     g: &ConvGeometry,
     dw: &mut [T],
