@@ -5,8 +5,8 @@
 //! kernel for grouped and other small ones; on GPU devices an unfolding kernel and one batched
 //! matrix product, forward and backward, [`GpuConv`]; burn's convolution elsewhere). On flex
 //! and ndarray the models' max pooling runs through a kernel of this crate too (with its own
-//! backward pass in training), and the crate's CPU loops are compiled for AVX-512 and AVX2 as well as the baseline,
-//! chosen at run time (`simd_level`, `set_max_simd`).
+//! backward pass in training), and the crate's CPU loops are compiled for AVX-512 and AVX2 as
+//! well as the baseline, chosen at run time (`simd_level`, `set_max_simd`).
 //!
 //! Two primitives cover every normalisation of the crate:
 //!
