@@ -10,7 +10,7 @@ use common::*;
 use ibn_net::device::{available_devices, device_from_name};
 use ibn_net::kernel::{
     Epilogue, plane_moments, plane_moments_reference, plane_norm, plane_norm_reference,
-    plane_norm_with, plane_norm_with_reference,
+    plane_norm_train, plane_norm_train_reference, plane_norm_with, plane_norm_with_reference,
 };
 use ibn_net::norm::{
     BatchNorm2d, BatchNorm2dConfig, Ibn, IbnConfig, InstanceNorm2d, InstanceNorm2dConfig,
@@ -157,6 +157,90 @@ fn plane_norm_with_an_epilogue_has_the_reference_gradients() {
                     close(&format!("shift gradient {what}"), db, rb);
                     if let (Some(d), Some(r)) = (dr, rr) {
                         close(&format!("residual gradient {what}"), d, r);
+                    }
+                }
+            }
+        }
+    }
+}
+
+type TrainNorm = fn(
+    Tensor<4>,
+    Tensor<1>,
+    Tensor<1>,
+    core::ops::Range<usize>,
+    (f64, f64),
+    Epilogue,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>);
+
+/// Training mode (batch statistics outside the range), with every epilogue: output, batch
+/// statistics, and on autodiff devices the input, scale, shift and residual gradients equal
+/// the reference's (two epsilons, so that mixing them up fails).
+#[test]
+fn plane_norm_train_equals_the_reference() {
+    for (name, device) in devices() {
+        for device in [device.clone(), device.autodiff()] {
+            let autodiff = device.is_autodiff();
+            for (kind, x) in inputs(&device) {
+                let x = x.detach();
+                let scale = Tensor::<1>::random([10], Distribution::Normal(1.0, 0.5), &device);
+                let shift = Tensor::<1>::random([10], Distribution::Normal(0.0, 1.0), &device);
+                let residual =
+                    Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+                let weights =
+                    Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+                let identity = ("nothing", false, false);
+                for (label, add, relu) in EPILOGUES.into_iter().chain([identity]) {
+                    for range in RANGES {
+                        let run = |f: TrainNorm| {
+                            let track = |t: &Tensor<4>| {
+                                if autodiff {
+                                    t.clone().require_grad()
+                                } else {
+                                    t.clone()
+                                }
+                            };
+                            let (x, r) = (track(&x), track(&residual));
+                            let (s, b) = if autodiff {
+                                (scale.clone().require_grad(), shift.clone().require_grad())
+                            } else {
+                                (scale.clone(), shift.clone())
+                            };
+                            let then = epilogue(add.then_some(&r), relu);
+                            let (y, mean, var) = f(
+                                x.clone(),
+                                s.clone(),
+                                b.clone(),
+                                range.clone(),
+                                (1e-5, 1e-2),
+                                then,
+                            );
+                            let grads = autodiff.then(|| {
+                                let g = (y.clone() * weights.clone()).sum().backward();
+                                let dr = add.then(|| r.grad(&g).unwrap());
+                                (
+                                    x.grad(&g).unwrap(),
+                                    s.grad(&g).unwrap(),
+                                    b.grad(&g).unwrap(),
+                                    dr,
+                                )
+                            });
+                            (y.detach(), mean, var, grads)
+                        };
+                        let (y, mean, var, grads) = run(plane_norm_train);
+                        let (ry, rmean, rvar, rgrads) = run(plane_norm_train_reference);
+                        let what = format!("then {label}, {kind} {range:?} on {name}");
+                        close(&format!("training output {what}"), y, ry);
+                        close(&format!("batch means {what}"), mean, rmean);
+                        close(&format!("batch variances {what}"), var, rvar);
+                        if let (Some((dx, ds, db, dr)), Some((rx, rs, rb, rr))) = (grads, rgrads) {
+                            close(&format!("training input gradient {what}"), dx, rx);
+                            close(&format!("training scale gradient {what}"), ds, rs);
+                            close(&format!("training shift gradient {what}"), db, rb);
+                            if let (Some(d), Some(r)) = (dr, rr) {
+                                close(&format!("training residual gradient {what}"), d, r);
+                            }
+                        }
                     }
                 }
             }
@@ -474,13 +558,16 @@ fn normalisation_layers_equal_the_composed_path() {
                     Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
                 let x = (&x, &residual);
                 let what = |layer: &str| format!("{layer} ({mode:?}, {kind} on {name})");
-                // The last case gives the IN section running statistics (not in the released
-                // models; used in evaluation like an instance norm's).
-                for (config, in_running) in [
-                    (IbnConfig::new(10), false),
-                    (IbnConfig::new(10).with_ratio(0.7), false),
-                    (IbnConfig::dense(10), false),
-                    (IbnConfig::new(10), true),
+                // The last cases give the IN section running statistics (not in the released
+                // models; used in evaluation like an instance norm's), the very last also
+                // freezes the IN section alone (running statistics there, batch statistics
+                // in the BN section).
+                for (config, in_running, in_frozen) in [
+                    (IbnConfig::new(10), false, false),
+                    (IbnConfig::new(10).with_ratio(0.7), false, false),
+                    (IbnConfig::dense(10), false, false),
+                    (IbnConfig::new(10), true, false),
+                    (IbnConfig::new(10), true, true),
                 ] {
                     let probe = config.init(&device).unwrap();
                     let in_values = values(probe.instance_channels(), &device);
@@ -492,11 +579,16 @@ fn normalisation_layers_equal_the_composed_path() {
                             layer.instance.running_mean = Some(RunningState::new(mean));
                             layer.instance.running_var = Some(RunningState::new(var));
                         }
+                        if in_frozen {
+                            layer.instance.training = Param::from_bool(false);
+                        }
                         set_in(&mut layer.instance, in_values.clone());
                         set_bn(&mut layer.batch, bn_values.clone());
                         layer
                     };
-                    let label = format!("{config:?}, IN running statistics: {in_running}");
+                    let label = format!(
+                        "{config:?}, IN running statistics: {in_running}, IN frozen: {in_frozen}"
+                    );
                     compare(&what(&label), make, x, &weights, mode, then);
                 }
                 for (label, config) in [

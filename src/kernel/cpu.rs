@@ -135,14 +135,15 @@ multiversion! {
     ) => norm_plane_body
 }
 
-/// The input gradient of one plane of `plane_norm` as `dx = g * a + (x - mu) * cx + b`, from
-/// the plane's input `x` and output gradient `g`; with the plane's `(sum(g * xhat), sum(g))`.
+/// The input gradient of the values normalised together (one plane of `plane_norm`, or one
+/// channel of every sample in batch-norm training) as `dx = g * a + (x - mu) * cx + b`, from
+/// their input `x` and output gradient `g`; with `(sum(g * xhat), sum(g))` over them.
 struct PlaneGrad {
     a: f32,
     mu: f32,
     cx: f32,
     b: f32,
-    /// Whether the plane is normalised with its own statistics (then `dx` depends on `x`).
+    /// Whether the values are normalised with their own statistics (then `dx` depends on `x`).
     stat: bool,
     sums: (f64, f64),
 }
@@ -150,7 +151,6 @@ struct PlaneGrad {
 impl PlaneGrad {
     #[inline(always)]
     fn new(x: &[f32], g: &[f32], stat: bool, scale: f32, epsilon: f32) -> Self {
-        let m = x.len() as f64;
         // xhat = (x - mu) * r: the normalised input, or x itself without statistics.
         let (mu, r) = if stat {
             let (mean, var) = mean_var(x);
@@ -158,13 +158,29 @@ impl PlaneGrad {
         } else {
             (0.0, 1.0)
         };
-        let sum_g = sum_f64(g, |v| v as f64);
-        let sum_gx = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mu)) * r;
+        let (sum_g, sum_gc) = grad_sums_body(x, g, mu);
+        Self::from_sums(stat, (mu, r), x.len() as f64, (sum_g, sum_gc), scale)
+    }
+
+    /// From the statistics `(mu, r)` of `count` values (`r = 1 / sqrt(var + epsilon)`, or
+    /// `(0, 1)` without statistics) and the sums `(sum(g), sum(g * (x - mu)))` over them.
+    #[inline(always)]
+    fn from_sums(
+        stat: bool,
+        (mu, r): (f64, f64),
+        count: f64,
+        (sum_g, sum_gc): (f64, f64),
+        scale: f32,
+    ) -> Self {
+        let sum_gx = sum_gc * r;
         let k = scale as f64 * r;
         // With statistics dx = scale * r * (g - mean(g) - xhat * mean(g * xhat)), else
         // dx = scale * g.
         let (b, cx) = if stat {
-            ((-k * sum_g / m) as f32, (-k * sum_gx * r / m) as f32)
+            (
+                (-k * sum_g / count) as f32,
+                (-k * sum_gx * r / count) as f32,
+            )
         } else {
             (0.0, 0.0)
         };
@@ -177,6 +193,86 @@ impl PlaneGrad {
             sums: (sum_gx, sum_g),
         }
     }
+
+    /// Writes the input gradient of one plane from its `x` and output gradient `g`.
+    #[inline(always)]
+    fn apply(&self, x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) {
+        if !self.stat {
+            return affine(g, dx, self.a, 0.0);
+        }
+        for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+            dx.write(g * self.a + (x - self.mu) * self.cx + self.b);
+        }
+    }
+
+    /// [`apply`](Self::apply) with the output gradient held in `g`, overwritten.
+    #[inline(always)]
+    fn apply_in_place(&self, x: &[f32], g: &mut [f32]) {
+        if !self.stat {
+            g.iter_mut().for_each(|g| *g *= self.a);
+            return;
+        }
+        for (g, &x) in g.iter_mut().zip(x) {
+            *g = *g * self.a + (x - self.mu) * self.cx + self.b;
+        }
+    }
+}
+
+/// `(sum(g), sum(g * (x - mu)))` over one plane, accumulated in `f64`.
+#[inline(always)]
+fn grad_sums_body(x: &[f32], g: &[f32], mu: f64) -> (f64, f64) {
+    let sum_g = sum_f64(g, |v| v as f64);
+    let sum_gc = sum2_f64(x, g, |x, g| g as f64 * (x as f64 - mu));
+    (sum_g, sum_gc)
+}
+
+/// [`grad_sums_body`] of `grad` masked by ReLU's `output` ([`mask`]); the masked gradient is
+/// left in `g`.
+#[inline(always)]
+fn masked_grad_sums_body(
+    x: &[f32],
+    output: &[f32],
+    grad: &[f32],
+    g: &mut [MaybeUninit<f32>],
+    mu: f64,
+) -> (f64, f64) {
+    mask(output, grad, g);
+    // SAFETY: `mask` wrote every value of `g`.
+    grad_sums_body(x, unsafe { assume_init_mut(g) }, mu)
+}
+
+/// [`PlaneGrad::apply`] compiled per instruction set.
+#[inline(always)]
+fn grad_apply_body(p: &PlaneGrad, x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    p.apply(x, g, dx)
+}
+
+/// [`PlaneGrad::apply_in_place`] compiled per instruction set.
+#[inline(always)]
+fn grad_apply_in_place_body(p: &PlaneGrad, x: &[f32], g: &mut [f32]) {
+    p.apply_in_place(x, g)
+}
+
+multiversion! {
+    fn grad_sums(x: &[f32], g: &[f32], mu: f64) -> (f64, f64) => grad_sums_body
+}
+
+multiversion! {
+    fn masked_grad_sums(
+        x: &[f32],
+        output: &[f32],
+        grad: &[f32],
+        g: &mut [MaybeUninit<f32>],
+        mu: f64,
+    ) -> (f64, f64) => masked_grad_sums_body
+}
+
+multiversion! {
+    fn grad_apply(p: &PlaneGrad, x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) => grad_apply_body
+}
+
+multiversion! {
+    fn grad_apply_in_place(p: &PlaneGrad, x: &[f32], g: &mut [f32]) => grad_apply_in_place_body
 }
 
 /// One plane of [`norm_backward`]: writes `dx` and returns `(sum(g * xhat), sum(g))`.
@@ -190,13 +286,7 @@ fn norm_backward_plane_body(
     epsilon: f32,
 ) -> (f64, f64) {
     let p = PlaneGrad::new(x, g, stat, scale, epsilon);
-    if !p.stat {
-        affine(g, dx, p.a, 0.0);
-        return p.sums;
-    }
-    for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-        dx.write(g * p.a + (x - p.mu) * p.cx + p.b);
-    }
+    p.apply(x, g, dx);
     p.sums
 }
 
@@ -217,13 +307,7 @@ fn norm_relu_backward_plane_body(
     // SAFETY: `mask` wrote every value of `dx`.
     let g = unsafe { assume_init_mut(dx) };
     let p = PlaneGrad::new(x, g, stat, scale, epsilon);
-    if !p.stat {
-        g.iter_mut().for_each(|g| *g *= p.a);
-        return p.sums;
-    }
-    for (g, &x) in g.iter_mut().zip(x) {
-        *g = *g * p.a + (x - p.mu) * p.cx + p.b;
-    }
+    p.apply_in_place(x, g);
     p.sums
 }
 
@@ -440,6 +524,189 @@ pub(super) fn moments_backward(
     unsafe { assume_init(dx) }
 }
 
+/// The planes of a `[N, C, H, W]` buffer (`hw` values each) grouped by channel: group `ch`
+/// holds the planes `(0, ch)`, `(1, ch)`, ... in sample order. Lets one task own a channel of
+/// every sample.
+fn channel_planes<T>(buf: &mut [T], c: usize, hw: usize) -> Vec<Vec<&mut [T]>> {
+    let mut groups: Vec<Vec<&mut [T]>> = (0..c).map(|_| Vec::new()).collect();
+    for (p, plane) in buf.chunks_mut(hw).enumerate() {
+        groups[p % c].push(plane);
+    }
+    groups
+}
+
+/// Plane `(i, ch)` of a `[N, C, H, W]` buffer of `c` channels and `hw` values per plane.
+#[inline(always)]
+fn plane_of(buf: &[f32], i: usize, (ch, c, hw): (usize, usize, usize)) -> &[f32] {
+    &buf[(i * c + ch) * hw..][..hw]
+}
+
+/// Mean and biased variance of a channel over every sample, from its planes' (law of total
+/// variance: no cancellation between planes with different means).
+fn batch_mean_var(planes: impl Iterator<Item = (f64, f64)>) -> (f64, f64) {
+    let moments: Vec<(f64, f64)> = planes.collect();
+    let n = moments.len() as f64;
+    let mean = moments.iter().map(|m| m.0).sum::<f64>() / n;
+    let var = moments
+        .iter()
+        .map(|&(m, v)| v + (m - mean) * (m - mean))
+        .sum::<f64>()
+        / n;
+    (mean, var)
+}
+
+/// Forward of `plane_norm_train`: the channels in `stats` normalised per plane, the others
+/// with their batch statistics (over every sample), then `* scale + shift`, `residual` and
+/// ReLU as in [`norm_forward`]. One task per channel, so that a channel's planes are read
+/// from memory once for the statistics and again from cache to normalise them. Returns the
+/// output and the batch statistics `[2, C]` (means, then biased variances; 0 on the channels
+/// in `stats`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn norm_train_forward(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    scale: &[f32],
+    shift: &[f32],
+    stats: Range<usize>,
+    (epsilon, batch_epsilon): (f32, f32),
+    residual: Option<&[f32]>,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    if let Some(r) = residual {
+        assert_eq!(r.len(), x.len(), "residual and input lengths");
+    }
+    let hw = h * w;
+    let mut out = uninit(x.len());
+    let moments: Vec<(f64, f64)> = if hw == 0 {
+        vec![(f64::NAN, f64::NAN); c]
+    } else {
+        channel_planes(&mut out, c, hw)
+            .into_par_iter()
+            .enumerate()
+            .map(|(ch, planes)| {
+                let stat = stats.contains(&ch);
+                let (affine, moments) = if stat {
+                    ([scale[ch], shift[ch]], (0.0, 0.0))
+                } else {
+                    let each = (0..n).map(|i| plane_mean_var(plane_of(x, i, (ch, c, hw))));
+                    let (mean, var) = batch_mean_var(each);
+                    let a = scale[ch] as f64 / (var + batch_epsilon as f64).sqrt();
+                    (
+                        [a as f32, (shift[ch] as f64 - mean * a) as f32],
+                        (mean, var),
+                    )
+                };
+                for (i, y) in planes.into_iter().enumerate() {
+                    let residual = residual.map(|r| plane_of(r, i, (ch, c, hw)));
+                    let x = plane_of(x, i, (ch, c, hw));
+                    norm_plane(x, y, stat, affine, epsilon, residual, relu);
+                }
+                moments
+            })
+            .collect()
+    };
+    // SAFETY: `out` is a whole number of planes of `hw` values (none when `hw` is 0), every
+    // plane belongs to one channel's group, and each group's planes are all written above.
+    let out = unsafe { assume_init(out) };
+    let mut batch = vec![0.0f32; 2 * c];
+    for (ch, (mean, var)) in moments.into_iter().enumerate() {
+        batch[ch] = mean as f32;
+        batch[c + ch] = var as f32;
+    }
+    (out, batch)
+}
+
+/// Backward of `plane_norm_train` given its batch statistics `batch` (`[2, C]`): `(dx,
+/// dscale [C], dshift [C])`; with `relu_output`, `grad` is first masked by it ([`mask`]). The
+/// channels in `stats` as in [`norm_backward`]; each other channel in two passes over its
+/// planes (the gradient's sums, then `dx`), the second from cache.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn norm_train_backward(
+    x: &[f32],
+    relu_output: Option<&[f32]>,
+    grad: &[f32],
+    [n, c, h, w]: [usize; 4],
+    scale: &[f32],
+    batch: &[f32],
+    stats: Range<usize>,
+    (epsilon, batch_epsilon): (f32, f32),
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    assert_eq!(grad.len(), x.len(), "input and gradient lengths");
+    if let Some(y) = relu_output {
+        assert_eq!(y.len(), x.len(), "input and ReLU output lengths");
+    }
+    let hw = h * w;
+    let mut dx = uninit(x.len());
+    let sums: Vec<(f64, f64)> = if hw == 0 {
+        vec![(0.0, 0.0); c]
+    } else {
+        channel_planes(&mut dx, c, hw)
+            .into_par_iter()
+            .enumerate()
+            .map(|(ch, planes)| {
+                let at = (ch, c, hw);
+                if stats.contains(&ch) {
+                    let each = planes.into_iter().enumerate().map(|(i, dx)| {
+                        let (x, g) = (plane_of(x, i, at), plane_of(grad, i, at));
+                        match relu_output {
+                            Some(y) => norm_relu_backward_plane(
+                                x,
+                                plane_of(y, i, at),
+                                g,
+                                dx,
+                                true,
+                                scale[ch],
+                                epsilon,
+                            ),
+                            None => norm_backward_plane(x, g, dx, true, scale[ch], epsilon),
+                        }
+                    });
+                    return each.fold((0.0, 0.0), |(s, b), (gs, gb)| (s + gs, b + gb));
+                }
+                let mu = batch[ch] as f64;
+                let r = 1.0 / (batch[c + ch] as f64 + batch_epsilon as f64).sqrt();
+                let mut planes = planes;
+                // The gradient's sums over the channel (with ReLU, the masked gradient is
+                // left in `dx`).
+                let (mut sum_g, mut sum_gc) = (0.0, 0.0);
+                for (i, dx) in planes.iter_mut().enumerate() {
+                    let (g, gc) = match relu_output {
+                        Some(y) => masked_grad_sums(
+                            plane_of(x, i, at),
+                            plane_of(y, i, at),
+                            plane_of(grad, i, at),
+                            dx,
+                            mu,
+                        ),
+                        None => grad_sums(plane_of(x, i, at), plane_of(grad, i, at), mu),
+                    };
+                    sum_g += g;
+                    sum_gc += gc;
+                }
+                let count = (n * hw) as f64;
+                let p = PlaneGrad::from_sums(true, (mu, r), count, (sum_g, sum_gc), scale[ch]);
+                for (i, dx) in planes.into_iter().enumerate() {
+                    match relu_output {
+                        // SAFETY: `masked_grad_sums` wrote every value of `dx`.
+                        Some(_) => grad_apply_in_place(&p, plane_of(x, i, at), unsafe {
+                            assume_init_mut(dx)
+                        }),
+                        None => grad_apply(&p, plane_of(x, i, at), plane_of(grad, i, at), dx),
+                    }
+                }
+                p.sums
+            })
+            .collect()
+    };
+    // SAFETY: `dx` is a whole number of planes of `hw` values (none when `hw` is 0), every
+    // plane belongs to one channel's group, and each group's planes are all written above.
+    let dx = unsafe { assume_init(dx) };
+    let (dscale, dshift) = sums.into_iter().map(|(s, b)| (s as f32, b as f32)).unzip();
+    (dx, dscale, dshift)
+}
+
 mod backends {
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Backend, TensorMetadata};
@@ -580,6 +847,65 @@ mod backends {
         )
     }
 
+    /// `plane_norm_train` (no `residual`) and `plane_norm_train_add`.
+    #[allow(clippy::too_many_arguments)]
+    pub(in super::super) fn plane_norm_train<B: CpuAccess>(
+        x: FloatTensor<B>,
+        residual: Option<FloatTensor<B>>,
+        scale: FloatTensor<B>,
+        shift: FloatTensor<B>,
+        stats: (usize, usize),
+        epsilons: (f32, f32),
+        relu: bool,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
+        let (scale, shift) = (read::<B>(scale), read::<B>(shift));
+        let dims = dims4(&shape);
+        let norm = |x: &[f32], residual: Option<&[f32]>| {
+            let stats = stats.0..stats.1;
+            super::norm_train_forward(x, dims, &scale, &shift, stats, epsilons, residual, relu)
+        };
+        let (out, batch) = B::with_f32(x, |x| match residual {
+            Some(r) => B::with_f32(r, |r| norm(x, Some(r))),
+            None => norm(x, None),
+        });
+        (
+            write::<B>(out, shape, dtype, &device),
+            write::<B>(batch, Shape::new([2, dims[1]]), dtype, &device),
+        )
+    }
+
+    /// `plane_norm_train_backward`; `relu_output` is read when given.
+    #[allow(clippy::too_many_arguments)]
+    pub(in super::super) fn plane_norm_train_backward<B: CpuAccess>(
+        x: FloatTensor<B>,
+        relu_output: Option<FloatTensor<B>>,
+        grad: FloatTensor<B>,
+        scale: FloatTensor<B>,
+        batch: FloatTensor<B>,
+        stats: (usize, usize),
+        epsilons: (f32, f32),
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
+        let scale_shape = scale.shape();
+        let (scale, batch) = (read::<B>(scale), read::<B>(batch));
+        let backward = |x: &[f32], y: Option<&[f32]>, grad: &[f32]| {
+            let (dims, stats) = (dims4(&shape), stats.0..stats.1);
+            super::norm_train_backward(x, y, grad, dims, &scale, &batch, stats, epsilons)
+        };
+        let (dx, dscale, dshift) = B::with_f32(x, |x| {
+            B::with_f32(grad, |grad| match relu_output {
+                Some(y) => B::with_f32(y, |y| backward(x, Some(y), grad)),
+                None => backward(x, None, grad),
+            })
+        });
+        (
+            write::<B>(dx, shape, dtype, &device),
+            write::<B>(dscale, scale_shape.clone(), dtype, &device),
+            write::<B>(dshift, scale_shape, dtype, &device),
+        )
+    }
+
     pub(in super::super) fn relu_mask<B: CpuAccess>(
         output: FloatTensor<B>,
         grad: FloatTensor<B>,
@@ -681,6 +1007,53 @@ mod backends {
                     end: usize,
                 ) -> FloatTensor<Self> {
                     plane_moments::<Self>(x, start, end)
+                }
+
+                fn plane_norm_train(
+                    x: FloatTensor<Self>,
+                    scale: FloatTensor<Self>,
+                    shift: FloatTensor<Self>,
+                    stat_start: usize,
+                    stat_end: usize,
+                    epsilon: f32,
+                    batch_epsilon: f32,
+                    relu: bool,
+                ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                    let (stats, eps) = ((stat_start, stat_end), (epsilon, batch_epsilon));
+                    plane_norm_train::<Self>(x, None, scale, shift, stats, eps, relu)
+                }
+
+                fn plane_norm_train_add(
+                    x: FloatTensor<Self>,
+                    residual: FloatTensor<Self>,
+                    scale: FloatTensor<Self>,
+                    shift: FloatTensor<Self>,
+                    stat_start: usize,
+                    stat_end: usize,
+                    epsilon: f32,
+                    batch_epsilon: f32,
+                    relu: bool,
+                ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                    let (stats, eps) = ((stat_start, stat_end), (epsilon, batch_epsilon));
+                    let r = Some(residual);
+                    plane_norm_train::<Self>(x, r, scale, shift, stats, eps, relu)
+                }
+
+                fn plane_norm_train_backward(
+                    x: FloatTensor<Self>,
+                    output: FloatTensor<Self>,
+                    grad: FloatTensor<Self>,
+                    scale: FloatTensor<Self>,
+                    batch: FloatTensor<Self>,
+                    stat_start: usize,
+                    stat_end: usize,
+                    epsilon: f32,
+                    batch_epsilon: f32,
+                    relu: bool,
+                ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                    let (stats, eps) = ((stat_start, stat_end), (epsilon, batch_epsilon));
+                    let y = relu.then_some(output);
+                    plane_norm_train_backward::<Self>(x, y, grad, scale, batch, stats, eps)
                 }
 
                 fn relu_mask(

@@ -467,6 +467,51 @@ impl NormKernels for CubeBackend {
         Self::plane_norm_backward(x, grad, scale, stat_start, stat_end, epsilon)
     }
 
+    fn plane_norm_train(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (stats, eps) = ((stat_start, stat_end), (epsilon, batch_epsilon));
+        super::norm_train_generic::<Self>(x, None, scale, shift, stats, eps, relu)
+    }
+
+    fn plane_norm_train_add(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (stats, eps) = ((stat_start, stat_end), (epsilon, batch_epsilon));
+        super::norm_train_generic::<Self>(x, Some(residual), scale, shift, stats, eps, relu)
+    }
+
+    fn plane_norm_train_backward(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        batch: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (stats, eps) = ((stat_start, stat_end), (epsilon, batch_epsilon));
+        super::norm_train_backward_generic::<Self>(x, output, grad, scale, batch, stats, eps, relu)
+    }
+
     fn plane_moments(x: FloatTensor<Self>, start: usize, end: usize) -> FloatTensor<Self> {
         let [n, c, h, w] = dims4(&x.shape());
         let k = end - start;

@@ -17,16 +17,20 @@ use {
     burn::tensor::Shape, burn::tensor::ops::ConvOptions,
 };
 
-/// What the backward pass of `plane_norm` / `plane_norm_add` keeps: `(x, scale, stat_start,
-/// stat_end, epsilon, output)`, the output only when ReLU was applied (its mask).
-type NormState<B> = (
-    NodeId,
-    FloatTensor<B>,
-    usize,
-    usize,
-    f32,
-    Option<FloatTensor<B>>,
-);
+/// What the backward step of a normalisation pass keeps.
+#[derive(Clone, Debug)]
+struct NormState<B: Backend> {
+    /// The input (checkpointed).
+    x: NodeId,
+    scale: FloatTensor<B>,
+    /// The channels normalised with per-plane statistics.
+    stats: (usize, usize),
+    epsilon: f32,
+    /// The output, when ReLU was applied (its mask).
+    output: Option<FloatTensor<B>>,
+    /// In training mode (`plane_norm_train`): the batch statistics `[2, C]` and their epsilon.
+    batch: Option<(FloatTensor<B>, f32)>,
+}
 
 /// The gradients of a normalisation pass: `(dx, dresidual, dscale, dshift)`, where
 /// `dresidual` (only with `residual`) is the output gradient after ReLU's mask.
@@ -36,24 +40,42 @@ fn norm_grads<B: Backend + NormKernels>(
     checkpointer: &mut Checkpointer,
     residual: bool,
 ) -> [Option<FloatTensor<B>>; 4] {
-    let (x_state, scale, start, end, epsilon, output) = state;
-    let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
-    let (dx, dresidual, dscale, dshift) = match output {
-        // The masked gradient is not needed on its own: mask and backward pass in one.
-        Some(output) if !residual => {
-            let (dx, dscale, dshift) =
-                B::plane_norm_relu_backward(x, output, grad, scale, start, end, epsilon);
-            (dx, None, dscale, dshift)
-        }
+    let NormState {
+        x,
+        scale,
+        stats: (start, end),
+        epsilon,
+        output,
+        batch,
+    } = state;
+    let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
+    // The masked gradient is not needed on its own without a residual: the backward passes
+    // apply the mask themselves.
+    let (output, grad, dresidual) = match output {
+        Some(output) if !residual => (Some(output), grad, None),
         output => {
             let grad = match output {
                 Some(output) => B::relu_mask(output, grad),
                 None => grad,
             };
             let dresidual = residual.then(|| grad.clone());
-            let (dx, dscale, dshift) = B::plane_norm_backward(x, grad, scale, start, end, epsilon);
-            (dx, dresidual, dscale, dshift)
+            (None, grad, dresidual)
         }
+    };
+    let (dx, dscale, dshift) = match (batch, output) {
+        (Some((batch, batch_epsilon)), output) => {
+            let relu = output.is_some();
+            // Without ReLU the output is not read: the gradient's handle stands in.
+            let output = output.unwrap_or_else(|| grad.clone());
+            let eps = (epsilon, batch_epsilon);
+            B::plane_norm_train_backward(
+                x, output, grad, scale, batch, start, end, eps.0, eps.1, relu,
+            )
+        }
+        (None, Some(output)) => {
+            B::plane_norm_relu_backward(x, output, grad, scale, start, end, epsilon)
+        }
+        (None, None) => B::plane_norm_backward(x, grad, scale, start, end, epsilon),
     };
     [Some(dx), dresidual, Some(dscale), Some(dshift)]
 }
@@ -148,31 +170,54 @@ fn constants<B: Backend, C: CheckpointStrategy>(
 }
 
 /// A normalisation pass under autodiff: `op` is its backward step over the parents `nodes`,
-/// `run` computes the output from the inner `(x, scale)` (the other inputs captured);
-/// `(stat_start, stat_end, epsilon, relu)` as the op's. Keeps what [`norm_grads`] needs when
-/// tracked.
+/// `run` computes the output (and in training mode the batch statistics and their epsilon)
+/// from the inner `(x, scale)` (the other inputs captured); `(stat_start, stat_end, epsilon,
+/// relu)` as the op's. Keeps what [`norm_grads`] needs when tracked; returns the output and
+/// the batch statistics.
+#[allow(clippy::type_complexity)]
 fn norm_op<B, C, Op, const N: usize>(
     op: Op,
     nodes: [NodeGuard; N],
     x: FloatTensor<Autodiff<B, C>>,
     scale: FloatTensor<Autodiff<B, C>>,
     (start, end, epsilon, relu): (usize, usize, f32, bool),
-    run: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
-) -> FloatTensor<Autodiff<B, C>>
+    run: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, Option<(FloatTensor<B>, f32)>),
+) -> (
+    FloatTensor<Autodiff<B, C>>,
+    Option<FloatTensor<Autodiff<B, C>>>,
+)
 where
     B: Backend + NormKernels,
     C: CheckpointStrategy,
     Op: Backward<B, N, State = NormState<B>>,
 {
+    // The batch statistics are for running statistics: constants of the graph.
+    let untracked = |batch: &Option<(FloatTensor<B>, f32)>| {
+        batch
+            .as_ref()
+            .map(|(b, _)| FloatTensor::<Autodiff<B, C>>::new(b.clone()))
+    };
     match op.prepare::<C>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(mut prep) => {
             let x_state = prep.checkpoint(&x);
             let scale = scale.into_primitive();
-            let output = run(x.into_primitive(), scale.clone());
-            let mask = relu.then(|| output.clone());
-            prep.finish((x_state, scale, start, end, epsilon, mask), output)
+            let (output, batch) = run(x.into_primitive(), scale.clone());
+            let stats = untracked(&batch);
+            let state = NormState {
+                x: x_state,
+                scale,
+                stats: (start, end),
+                epsilon,
+                output: relu.then(|| output.clone()),
+                batch,
+            };
+            (prep.finish(state, output), stats)
         }
-        OpsKind::UnTracked(prep) => prep.finish(run(x.into_primitive(), scale.into_primitive())),
+        OpsKind::UnTracked(prep) => {
+            let (output, batch) = run(x.into_primitive(), scale.into_primitive());
+            let stats = untracked(&batch);
+            (prep.finish(output), stats)
+        }
     }
 }
 
@@ -189,9 +234,11 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         let nodes = [x.node(), scale.node(), shift.node()];
         let shift = shift.into_primitive();
         let args = (stat_start, stat_end, epsilon, relu);
-        norm_op::<B, C, _, 3>(PlaneNormBackward, nodes, x, scale, args, |x, scale| {
-            B::plane_norm(x, scale, shift, stat_start, stat_end, epsilon, relu)
-        })
+        let run = |x, scale| {
+            let out = B::plane_norm(x, scale, shift, stat_start, stat_end, epsilon, relu);
+            (out, None)
+        };
+        norm_op::<B, C, _, 3>(PlaneNormBackward, nodes, x, scale, args, run).0
     }
 
     fn plane_norm_add(
@@ -207,11 +254,86 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         let nodes = [x.node(), residual.node(), scale.node(), shift.node()];
         let (residual, shift) = (residual.into_primitive(), shift.into_primitive());
         let args = (stat_start, stat_end, epsilon, relu);
-        norm_op::<B, C, _, 4>(PlaneNormAddBackward, nodes, x, scale, args, |x, scale| {
-            B::plane_norm_add(
-                x, residual, scale, shift, stat_start, stat_end, epsilon, relu,
-            )
-        })
+        let run = |x, scale| {
+            let (start, end) = (stat_start, stat_end);
+            let out = B::plane_norm_add(x, residual, scale, shift, start, end, epsilon, relu);
+            (out, None)
+        };
+        norm_op::<B, C, _, 4>(PlaneNormAddBackward, nodes, x, scale, args, run).0
+    }
+
+    fn plane_norm_train(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [x.node(), scale.node(), shift.node()];
+        let shift = shift.into_primitive();
+        let args = (stat_start, stat_end, epsilon, relu);
+        let run = |x, scale| {
+            let (start, end, eps) = (stat_start, stat_end, epsilon);
+            let (out, batch) =
+                B::plane_norm_train(x, scale, shift, start, end, eps, batch_epsilon, relu);
+            (out, Some((batch, batch_epsilon)))
+        };
+        let (out, batch) = norm_op::<B, C, _, 3>(PlaneNormBackward, nodes, x, scale, args, run);
+        (out, batch.expect("training mode returns batch statistics"))
+    }
+
+    fn plane_norm_train_add(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [x.node(), residual.node(), scale.node(), shift.node()];
+        let (residual, shift) = (residual.into_primitive(), shift.into_primitive());
+        let args = (stat_start, stat_end, epsilon, relu);
+        let run = |x, scale| {
+            let (start, end, eps) = (stat_start, stat_end, (epsilon, batch_epsilon));
+            let (out, batch) =
+                B::plane_norm_train_add(x, residual, scale, shift, start, end, eps.0, eps.1, relu);
+            (out, Some((batch, batch_epsilon)))
+        };
+        let op = PlaneNormAddBackward;
+        let (out, batch) = norm_op::<B, C, _, 4>(op, nodes, x, scale, args, run);
+        (out, batch.expect("training mode returns batch statistics"))
+    }
+
+    fn plane_norm_train_backward(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        batch: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        constants::<B, C>(B::plane_norm_train_backward(
+            x.into_primitive(),
+            output.into_primitive(),
+            grad.into_primitive(),
+            scale.into_primitive(),
+            batch.into_primitive(),
+            stat_start,
+            stat_end,
+            epsilon,
+            batch_epsilon,
+            relu,
+        ))
     }
 
     fn plane_norm_backward(

@@ -8,28 +8,33 @@
 //! backward pass in training), and the crate's CPU loops are compiled for AVX-512 and AVX2 as
 //! well as the baseline, chosen at run time (`simd_level`, `set_max_simd`).
 //!
-//! Two primitives cover every normalisation of the crate:
+//! Three primitives cover every normalisation of the crate:
 //!
 //! - [`plane_norm`] normalises the channels of one contiguous range with their own
 //!   per-(sample, channel) statistics and applies a per-channel affine map to all channels,
 //!   writing one output tensor: the IBN layer (IN section = the range, BN section = the
 //!   folded running statistics), instance norm (the range is every channel) and the
 //!   batch-norm transform (an empty range) in a single kernel, with no split or concatenation.
+//! - [`plane_norm_train`] is the same pass in training: every channel outside the range is
+//!   normalised with its batch statistics, computed inside the operation and returned for the
+//!   running statistics; its backward pass is one operation too (batch norm and the IBN layer
+//!   in training).
 //! - [`plane_moments`] returns the per-(sample, channel) mean and biased variance of a range
-//!   of channels, read in place; batch-norm training combines them into per-channel batch
-//!   statistics.
+//!   of channels, read in place (running statistics of instance norms, and the general case
+//!   of batch-norm training).
 //!
-//! [`plane_norm_with`] also applies an [`Epilogue`] before writing: the shortcut addition at
-//! the end of a residual block and the ReLU that follows most norms, so that the models run
-//! no separate element-wise passes for them.
+//! [`plane_norm_with`] and [`plane_norm_train`] also apply an [`Epilogue`] before writing:
+//! the shortcut addition at the end of a residual block and the ReLU that follows most norms,
+//! so that the models run no separate element-wise passes for them.
 //!
-//! Both are backend extensions (burn's `#[backend_extension]`): plain-Rust multi-threaded
+//! All are backend extensions (burn's `#[backend_extension]`): plain-Rust multi-threaded
 //! loops on flex and ndarray, CubeCL kernels with a shared-memory tree reduction on the
-//! CubeCL backend (wgpu; no plane/warp operations, so software adapters run them too),
-//! deferred operations under burn's kernel fusion, and hand-written backward passes under
-//! autodiff. [`plane_norm_reference`] and [`plane_moments_reference`] compute the same
-//! results from generic tensor operations; tests hold the kernels to them, forward and
-//! gradients, on every backend.
+//! CubeCL backend (wgpu; no plane/warp operations, so software adapters run them too;
+//! [`plane_norm_train`] composed from them), deferred operations under burn's kernel fusion,
+//! and hand-written backward passes under autodiff. [`plane_norm_reference`],
+//! [`plane_norm_train_reference`] and [`plane_moments_reference`] compute the same results
+//! from generic tensor operations; tests hold the kernels to them, forward and gradients, on
+//! every backend.
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor, Tolerance};
@@ -92,7 +97,7 @@ pub use cube::cube_launches;
 #[doc(hidden)]
 pub use cube_conv::cube_conv_launches;
 
-/// The backend operations behind [`plane_norm`] and [`plane_moments`].
+/// The backend operations behind [`plane_norm`], [`plane_norm_train`] and [`plane_moments`].
 ///
 /// Implemented for flex and ndarray (plain Rust), the CubeCL backend (kernels), burn's fusion
 /// wrapper (deferred execution) and autodiff (hand-written backward passes). Not meant to be
@@ -162,6 +167,57 @@ pub trait NormKernels: Backend {
         epsilon: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
+    /// See [`plane_norm_train`]: `(output [N, C, H, W], batch [2, C])`, the batch means then
+    /// biased variances of the channels outside `stat_start..stat_end` (0 on those inside).
+    /// `scale`, `shift`: `[C]`; `batch_epsilon` is the batch-normalised channels' epsilon.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = train_meta)]
+    fn plane_norm_train(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`plane_norm_train`](NormKernels::plane_norm_train) with `residual` (`[N, C, H, W]`)
+    /// added to the output before ReLU.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = train_add_meta)]
+    fn plane_norm_train_add(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients of [`plane_norm_train`](NormKernels::plane_norm_train) given the output
+    /// gradient `grad` and the forward's batch statistics `batch` (`[2, C]`): `(dx [N, C, H,
+    /// W], dscale [C], dshift [C])`. With `relu`, `grad` is first masked by ReLU's `output`
+    /// (`[N, C, H, W]`); without, `output` is not read.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = train_backward_meta)]
+    fn plane_norm_train_backward(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        batch: FloatTensor<Self>,
+        stat_start: usize,
+        stat_end: usize,
+        epsilon: f32,
+        batch_epsilon: f32,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
     /// ReLU's input gradient given its `output`: `grad` where `output > 0` (or is NaN), else
     /// 0; both `[N, C, H, W]`, of one shape. For the backward passes of the kernels that apply
     /// ReLU (burn's `relu_backward`, in one vectorised pass on CPU backends).
@@ -219,6 +275,61 @@ fn relu_backward_meta(
     epsilon: &f32,
 ) -> (Spec, Spec, Spec) {
     backward_meta(x, grad, scale, start, end, epsilon)
+}
+
+/// Output metadata of [`NormKernels::plane_norm_train`]: the input's, and `[2, C]`.
+#[cfg(feature = "wgpu")]
+#[allow(clippy::too_many_arguments)]
+fn train_meta(
+    x: &Spec,
+    scale: &Spec,
+    _shift: &Spec,
+    _start: &usize,
+    _end: &usize,
+    _epsilon: &f32,
+    _batch_epsilon: &f32,
+    _relu: &bool,
+) -> (Spec, Spec) {
+    let c = scale.shape[0];
+    (
+        x.clone(),
+        Spec::new(burn::tensor::Shape::new([2, c]), x.dtype),
+    )
+}
+
+/// Output metadata of [`NormKernels::plane_norm_train_add`].
+#[cfg(feature = "wgpu")]
+#[allow(clippy::too_many_arguments)]
+fn train_add_meta(
+    x: &Spec,
+    _residual: &Spec,
+    scale: &Spec,
+    shift: &Spec,
+    start: &usize,
+    end: &usize,
+    epsilon: &f32,
+    batch_epsilon: &f32,
+    relu: &bool,
+) -> (Spec, Spec) {
+    train_meta(x, scale, shift, start, end, epsilon, batch_epsilon, relu)
+}
+
+/// Output metadata of [`NormKernels::plane_norm_train_backward`].
+#[cfg(feature = "wgpu")]
+#[allow(clippy::too_many_arguments)]
+fn train_backward_meta(
+    x: &Spec,
+    _output: &Spec,
+    _grad: &Spec,
+    scale: &Spec,
+    _batch: &Spec,
+    _start: &usize,
+    _end: &usize,
+    _epsilon: &f32,
+    _batch_epsilon: &f32,
+    _relu: &bool,
+) -> (Spec, Spec, Spec) {
+    (x.clone(), scale.clone(), scale.clone())
 }
 
 /// Normalises `x` plane by plane and writes one output tensor.
@@ -349,6 +460,102 @@ pub fn plane_norm_with(
         }
     };
     Tensor::from_dispatch(out)
+}
+
+/// Training-mode normalisation in one pass: the channels in `stats` normalised with their
+/// own per-(sample, channel) statistics (instance norm), every other channel with its batch
+/// statistics, the mean and biased variance over `N x H x W` (batch norm in training, with
+/// `batch_epsilon`); then `* scale + shift` and `epilogue`. The IBN layer and batch norm in
+/// training, the batch statistics never materialised as a separate autodiff graph: on
+/// autodiff devices one backward step computes the gradients of the whole normalisation
+/// (`dx = scale * r * (g - mean(g) - xhat * mean(g * xhat))` per channel, `r = 1 /
+/// sqrt(var + epsilon)`), on CPU backends reading each channel's planes from cache the
+/// second time.
+///
+/// Returns the output and the batch mean and biased variance of each channel, 0 on the
+/// channels in `stats` (for running statistics; not differentiable).
+///
+/// Differentiable with respect to `x`, `scale`, `shift` and the residual on autodiff devices.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]`; `scale`, `shift`: `[C]`; the residual: `[N, C, H, W]`
+/// - output: `([N, C, H, W], [C], [C])`
+///
+/// # Panics
+/// As [`plane_norm_with`].
+pub fn plane_norm_train(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    stats: Range<usize>,
+    (epsilon, batch_epsilon): (f64, f64),
+    epilogue: Epilogue,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    check_plane_norm(&x, &scale, &shift, &stats);
+    let Epilogue { residual, relu } = epilogue;
+    let (eps, batch_eps) = (epsilon as f32, batch_epsilon as f32);
+    let (out, batch) = match residual {
+        None => <Dispatch as NormKernels>::plane_norm_train(
+            x.into_dispatch(),
+            scale.into_dispatch(),
+            shift.into_dispatch(),
+            stats.start,
+            stats.end,
+            eps,
+            batch_eps,
+            relu,
+        ),
+        Some(residual) => {
+            check_residual(&x, &residual);
+            <Dispatch as NormKernels>::plane_norm_train_add(
+                x.into_dispatch(),
+                residual.into_dispatch(),
+                scale.into_dispatch(),
+                shift.into_dispatch(),
+                stats.start,
+                stats.end,
+                eps,
+                batch_eps,
+                relu,
+            )
+        }
+    };
+    let batch: Tensor<2> = Tensor::from_dispatch(batch);
+    let c = batch.dims()[1];
+    let mean = batch.clone().narrow(0, 0, 1).reshape([c]);
+    let var = batch.narrow(0, 1, 1).reshape([c]);
+    (Tensor::from_dispatch(out), mean, var)
+}
+
+/// [`plane_norm_train`] from generic tensor operations: batch statistics by `var_mean_bias`,
+/// folded into the scale and shift of [`plane_norm_with_reference`]. Differentiable through
+/// the statistics with burn's autodiff; the reference the kernel is tested against.
+///
+/// # Shapes
+/// As [`plane_norm_train`].
+pub fn plane_norm_train_reference(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    stats: Range<usize>,
+    (epsilon, batch_epsilon): (f64, f64),
+    epilogue: Epilogue,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    check_plane_norm(&x, &scale, &shift, &stats);
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    let per_channel = x.clone().swap_dims(0, 1).reshape([c, n * h * w]);
+    let (var, mean) = per_channel.var_mean_bias(1);
+    let (mean, var) = (mean.reshape([c]), var.reshape([c]));
+    // 1 on the batch-normalised channels, 0 on those in `stats`.
+    let batch: Vec<f32> = (0..c).map(|ch| f32::from(!stats.contains(&ch))).collect();
+    let batch = Tensor::<1>::from_floats(batch.as_slice(), &device);
+    let keep = batch.clone().neg().add_scalar(1.0);
+    let r = var.clone().add_scalar(batch_epsilon).sqrt().recip();
+    let folded_scale = scale.clone() * (r * batch.clone() + keep);
+    let folded_shift = shift - mean.clone() * folded_scale.clone() * batch.clone();
+    let out = plane_norm_with_reference(x, folded_scale, folded_shift, stats, epsilon, epilogue);
+    (out, mean.detach() * batch.clone(), var.detach() * batch)
 }
 
 /// Per-(sample, channel) mean and biased variance over `H x W` of the channels in
@@ -531,4 +738,137 @@ fn moments_backward_generic<B: Backend>(
     let dx = B::float_add(from_var, B::float_div_scalar(g_mean, m.into()));
     let zeros = B::float_zeros(shape, &device, dtype.into());
     B::float_slice_assign(zeros, &channels, dx)
+}
+
+/// `[C]` with 1 on the channels outside `start..end` (batch-normalised in training), 0 inside.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+fn batch_channel_mask<B: Backend>(
+    c: usize,
+    (start, end): (usize, usize),
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> FloatTensor<B> {
+    let values: Vec<f32> = (0..c)
+        .map(|ch| f32::from(ch < start || ch >= end))
+        .collect();
+    let data = burn::tensor::TensorData::new(values, [c]).convert_dtype(dtype);
+    B::float_from_data(data, device)
+}
+
+/// [`NormKernels::plane_norm_train`] (and `_add` with `residual`) from the backend's other
+/// kernels: [`NormKernels::plane_moments`] of every channel, batch statistics by generic
+/// operations, folded into the scale and shift of one [`NormKernels::plane_norm`] pass.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+fn norm_train_generic<B: NormKernels>(
+    x: FloatTensor<B>,
+    residual: Option<FloatTensor<B>>,
+    scale: FloatTensor<B>,
+    shift: FloatTensor<B>,
+    (start, end): (usize, usize),
+    (epsilon, batch_epsilon): (f32, f32),
+    relu: bool,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    use burn::backend::TensorMetadata;
+    use burn::tensor::{Shape, Slice};
+    let [n, c, _, _] = dims4(&x.shape());
+    let (device, dtype) = (x.device(), x.dtype());
+    let moments = B::plane_moments(x.clone(), 0, c);
+    let take = |i: usize| {
+        let t = B::float_slice(moments.clone(), &[Slice::from(i..i + 1)]);
+        B::float_reshape(t, Shape::new([n, c]))
+    };
+    let (means, vars) = (take(0), take(1));
+    // Law of total variance over the samples' planes.
+    let mean = B::float_mean_dim(means.clone(), 0);
+    let centred = B::float_sub(means, mean.clone());
+    let spread = B::float_mul(centred.clone(), centred);
+    let var = B::float_mean_dim(B::float_add(vars, spread), 0);
+    let (mean, var) = (
+        B::float_reshape(mean, Shape::new([c])),
+        B::float_reshape(var, Shape::new([c])),
+    );
+    let mask = batch_channel_mask::<B>(c, (start, end), &device, dtype);
+    let keep = B::float_add_scalar(B::float_neg(mask.clone()), 1.0.into());
+    let r = B::float_recip(B::float_sqrt(B::float_add_scalar(
+        var.clone(),
+        batch_epsilon.into(),
+    )));
+    let factor = B::float_add(B::float_mul(r, mask.clone()), keep);
+    let folded_scale = B::float_mul(scale, factor);
+    let offset = B::float_mul(
+        B::float_mul(mean.clone(), folded_scale.clone()),
+        mask.clone(),
+    );
+    let folded_shift = B::float_sub(shift, offset);
+    let out = match residual {
+        None => B::plane_norm(x, folded_scale, folded_shift, start, end, epsilon, relu),
+        Some(r) => B::plane_norm_add(x, r, folded_scale, folded_shift, start, end, epsilon, relu),
+    };
+    let row =
+        |t: FloatTensor<B>| B::float_reshape(B::float_mul(t, mask.clone()), Shape::new([1, c]));
+    let batch = B::float_cat(vec![row(mean), row(var)], 0);
+    (out, batch)
+}
+
+/// [`NormKernels::plane_norm_train_backward`] from the backend's other kernels: ReLU's mask,
+/// [`NormKernels::plane_norm_backward`] with the folded scale, and the batch statistics'
+/// share of the input gradient, `a + b * x` per channel, by generic operations.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+fn norm_train_backward_generic<B: NormKernels>(
+    x: FloatTensor<B>,
+    output: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    batch: FloatTensor<B>,
+    (start, end): (usize, usize),
+    (epsilon, batch_epsilon): (f32, f32),
+    relu: bool,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    use burn::backend::TensorMetadata;
+    use burn::tensor::{Shape, Slice};
+    let [n, c, h, w] = dims4(&x.shape());
+    let count = (n * h * w) as f64;
+    let (device, dtype) = (x.device(), x.dtype());
+    let grad = if relu {
+        B::relu_mask(output, grad)
+    } else {
+        grad
+    };
+    let take = |i: usize| {
+        let t = B::float_slice(batch.clone(), &[Slice::from(i..i + 1)]);
+        B::float_reshape(t, Shape::new([c]))
+    };
+    let (mean, var) = (take(0), take(1));
+    let mask = batch_channel_mask::<B>(c, (start, end), &device, dtype);
+    let keep = B::float_add_scalar(B::float_neg(mask.clone()), 1.0.into());
+    let r = B::float_recip(B::float_sqrt(B::float_add_scalar(
+        var,
+        batch_epsilon.into(),
+    )));
+    let factor = B::float_add(B::float_mul(r.clone(), mask.clone()), keep.clone());
+    let folded_scale = B::float_mul(scale.clone(), factor);
+    // On the batch channels: dscale = sum(g x), dshift = sum(g), dx = g * folded scale.
+    let (dx, dscale, dshift) =
+        B::plane_norm_backward(x.clone(), grad, folded_scale.clone(), start, end, epsilon);
+    // sum(g (x - mean)); the weight's gradient is that times r.
+    let centred = B::float_sub(dscale.clone(), B::float_mul(mean.clone(), dshift.clone()));
+    let dweight = B::float_mul(centred.clone(), r.clone());
+    let dscale = B::float_add(
+        B::float_mul(dweight, mask.clone()),
+        B::float_mul(dscale, keep),
+    );
+    // dx += b x + a with b = -scale r^3 sum(g (x - mean)) / count, a = -folded scale
+    // sum(g) / count - b mean: zero on the channels with their own statistics.
+    let r3 = B::float_mul(B::float_mul(r.clone(), r.clone()), r);
+    let b = B::float_mul(B::float_mul(scale, r3), centred);
+    let b = B::float_mul(B::float_mul_scalar(b, (-1.0 / count).into()), mask.clone());
+    let a = B::float_mul(B::float_mul(folded_scale, dshift.clone()), mask);
+    let a = B::float_sub(
+        B::float_mul_scalar(a, (-1.0 / count).into()),
+        B::float_mul(b.clone(), mean),
+    );
+    let column = |t: FloatTensor<B>| B::float_reshape(t, Shape::new([1, c, 1, 1]));
+    let dx = B::float_add(dx, B::float_add(B::float_mul(x, column(b)), column(a)));
+    (dx, dscale, dshift)
 }

@@ -5,7 +5,7 @@ use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
-use crate::kernel::{Epilogue, plane_norm_with};
+use crate::kernel::{Epilogue, plane_norm_train, plane_norm_with};
 
 /// Configuration of a [`BatchNorm2d`].
 #[derive(Config, Debug)]
@@ -81,8 +81,9 @@ impl BatchNorm2d {
     }
 
     /// Normalises `input` in one pass ([`kernel::plane_norm`](crate::kernel::plane_norm)):
-    /// with the running statistics, or in training with the batch statistics (computed from
-    /// [`kernel::plane_moments`](crate::kernel::plane_moments)), updating the running ones.
+    /// with the running statistics, or in training with the batch statistics
+    /// ([`kernel::plane_norm_train`](crate::kernel::plane_norm_train)), updating the running
+    /// ones.
     ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]`
@@ -102,9 +103,30 @@ impl BatchNorm2d {
         if self.folded && epilogue.is_identity() {
             return input;
         }
+        if self.trains_on(&input) {
+            // Batch statistics, normalisation and epilogue as one autodiff operation.
+            let [n, _, h, w] = input.dims();
+            let (weight, bias) = (self.weight.val(), self.bias.val());
+            let epsilons = (self.epsilon, self.epsilon);
+            let (out, mean, var) = plane_norm_train(input, weight, bias, 0..0, epsilons, epilogue);
+            self.update_running(mean, var, n * h * w);
+            return out;
+        }
         let c = self.num_features();
         let (scale, shift) = self.transform_for(&input, 0..c);
         plane_norm_with(input, scale, shift, 0..0, self.epsilon, epilogue)
+    }
+
+    /// Whether a forward on `input` normalises with batch statistics (training, not folded).
+    pub(crate) fn trains_on(&self, input: &Tensor<4>) -> bool {
+        !self.folded && self.is_training_for(input)
+    }
+
+    /// Blends the batch statistics `mean`, biased `var` (`[C]`, over `count` values per
+    /// channel) into the running statistics.
+    pub(crate) fn update_running(&self, mean: Tensor<1>, var: Tensor<1>, count: usize) {
+        let running = (&self.running_mean, &self.running_var);
+        super::update_running_stats(running, mean, var, count, self.momentum);
     }
 
     /// The generic composed path (burn's `batch_norm` / `batch_norm_train`), the reference
@@ -134,7 +156,9 @@ impl BatchNorm2d {
     /// Per-channel `(scale, shift)` `[C]` such that this layer maps the channels `channels`
     /// of `input` to `input * scale + shift`: from the running statistics, or in training
     /// from the batch statistics of those channels (differentiable; the running statistics
-    /// are updated). A folded layer gives the identity.
+    /// are updated). A folded layer gives the identity. Training normally goes through
+    /// [`plane_norm_train`] instead; this serves an IBN layer whose IN section alone is out
+    /// of training mode.
     pub(crate) fn transform_for(
         &self,
         input: &Tensor<4>,
@@ -157,13 +181,7 @@ impl BatchNorm2d {
         let spread = (plane_mean - mean.clone()).powi_scalar(2);
         let var = (plane_var + spread).mean_dim(0).reshape([c]);
         let mean = mean.reshape([c]);
-        super::update_running_stats(
-            (&self.running_mean, &self.running_var),
-            mean.clone(),
-            var.clone(),
-            n * h * w,
-            self.momentum,
-        );
+        self.update_running(mean.clone(), var.clone(), n * h * w);
         super::normalising_affine(self.weight.val(), self.bias.val(), mean, var, self.epsilon)
     }
 
@@ -186,13 +204,7 @@ impl BatchNorm2d {
             self.bias.val(),
             self.epsilon,
         );
-        super::update_running_stats(
-            (&self.running_mean, &self.running_var),
-            out.mean,
-            out.variance,
-            n * h * w,
-            self.momentum,
-        );
+        self.update_running(out.mean, out.variance, n * h * w);
         out.output
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{BatchNorm2d, BatchNorm2dConfig, InstanceNorm2d, InstanceNorm2dConfig};
 use crate::error::{IbnError, Result};
-use crate::kernel::{Epilogue, plane_norm_with};
+use crate::kernel::{Epilogue, plane_norm_train, plane_norm_with};
 
 /// Which section comes first along the channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,8 +121,9 @@ impl Ibn {
     /// Normalises `input` in one pass ([`kernel::plane_norm`](crate::kernel::plane_norm)):
     /// the IN section with per-(sample, channel) statistics (in evaluation, with its running
     /// statistics if it was given any, as PyTorch's `InstanceNorm2d`), the BN section with its
-    /// running statistics (or, in training, its batch statistics), one output tensor, no split
-    /// or concatenation of the activations.
+    /// running statistics (or, in training, its batch statistics:
+    /// [`kernel::plane_norm_train`](crate::kernel::plane_norm_train)), one output tensor, no
+    /// split or concatenation of the activations.
     ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]` with `C = instance_channels + batch_channels`
@@ -148,18 +149,26 @@ impl Ibn {
         let (in_scale, in_shift, in_stats) = self
             .instance
             .plan_for(&input.clone().narrow(1, in_start, ci));
-        let (bn_scale, bn_shift) = self.batch.transform_for(&input, bn_start..bn_start + cb);
-        let (scale, shift) = if self.instance_first {
-            (
-                Tensor::cat(vec![in_scale, bn_scale], 0),
-                Tensor::cat(vec![in_shift, bn_shift], 0),
-            )
-        } else {
-            (
-                Tensor::cat(vec![bn_scale, in_scale], 0),
-                Tensor::cat(vec![bn_shift, in_shift], 0),
-            )
+        let order = |a: Tensor<1>, b: Tensor<1>| {
+            let parts = if self.instance_first { [a, b] } else { [b, a] };
+            Tensor::cat(parts.to_vec(), 0)
         };
+        // In training (the IN section with its own statistics) the whole layer is one
+        // autodiff operation, batch statistics included.
+        if in_stats.len() == ci && self.batch.trains_on(&input) {
+            let [n, _, h, w] = input.dims();
+            let scale = order(in_scale, self.batch.weight.val());
+            let shift = order(in_shift, self.batch.bias.val());
+            let epsilons = (self.instance.epsilon, self.batch.epsilon);
+            let stats = in_start..in_start + ci;
+            let (out, mean, var) = plane_norm_train(input, scale, shift, stats, epsilons, epilogue);
+            let section = |t: Tensor<1>| t.narrow(0, bn_start, cb);
+            self.batch
+                .update_running(section(mean), section(var), n * h * w);
+            return out;
+        }
+        let (bn_scale, bn_shift) = self.batch.transform_for(&input, bn_start..bn_start + cb);
+        let (scale, shift) = (order(in_scale, bn_scale), order(in_shift, bn_shift));
         plane_norm_with(
             input,
             scale,
