@@ -226,31 +226,37 @@ fn grad_sums_body(x: &[f32], g: &[f32], mu: f64) -> (f64, f64) {
     (sum_g, sum_gc)
 }
 
-/// [`grad_sums_body`] of `grad` masked by ReLU's `output` ([`mask`]); the masked gradient is
-/// left in `g`.
-#[inline(always)]
-fn masked_grad_sums_body(
-    x: &[f32],
-    output: &[f32],
-    grad: &[f32],
-    g: &mut [MaybeUninit<f32>],
-    mu: f64,
-) -> (f64, f64) {
-    mask(output, grad, g);
-    // SAFETY: `mask` wrote every value of `g`.
-    grad_sums_body(x, unsafe { assume_init_mut(g) }, mu)
-}
-
-/// [`PlaneGrad::apply`] compiled per instruction set.
-#[inline(always)]
-fn grad_apply_body(p: &PlaneGrad, x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) {
-    p.apply(x, g, dx)
-}
-
 /// [`PlaneGrad::apply_in_place`] compiled per instruction set.
 #[inline(always)]
 fn grad_apply_in_place_body(p: &PlaneGrad, x: &[f32], g: &mut [f32]) {
     p.apply_in_place(x, g)
+}
+
+/// ReLU's mask ([`mask`]) applied to `g` in place: 0 where `output <= 0`.
+#[inline(always)]
+fn mask_in_place_body(output: &[f32], g: &mut [f32]) {
+    for (g, &y) in g.iter_mut().zip(output) {
+        if y <= 0.0 {
+            *g = 0.0;
+        }
+    }
+}
+
+/// `dst = src` over one plane.
+#[inline(always)]
+fn copy_body(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
+/// One plane normalised with its own statistics, its output gradient `g` turned into the
+/// input gradient in place; returns `(sum(g * xhat), sum(g))`.
+#[inline(always)]
+fn stat_backward_in_place_body(x: &[f32], g: &mut [f32], scale: f32, epsilon: f32) -> (f64, f64) {
+    let p = PlaneGrad::new(x, g, true, scale, epsilon);
+    p.apply_in_place(x, g);
+    p.sums
 }
 
 multiversion! {
@@ -258,21 +264,20 @@ multiversion! {
 }
 
 multiversion! {
-    fn masked_grad_sums(
-        x: &[f32],
-        output: &[f32],
-        grad: &[f32],
-        g: &mut [MaybeUninit<f32>],
-        mu: f64,
-    ) -> (f64, f64) => masked_grad_sums_body
-}
-
-multiversion! {
-    fn grad_apply(p: &PlaneGrad, x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) => grad_apply_body
-}
-
-multiversion! {
     fn grad_apply_in_place(p: &PlaneGrad, x: &[f32], g: &mut [f32]) => grad_apply_in_place_body
+}
+
+multiversion! {
+    fn mask_in_place(output: &[f32], g: &mut [f32]) => mask_in_place_body
+}
+
+multiversion! {
+    fn copy_plane(src: &[f32], dst: &mut [MaybeUninit<f32>]) => copy_body
+}
+
+multiversion! {
+    fn stat_backward_in_place(x: &[f32], g: &mut [f32], scale: f32, epsilon: f32) -> (f64, f64)
+        => stat_backward_in_place_body
 }
 
 /// One plane of [`norm_backward`]: writes `dx` and returns `(sum(g * xhat), sum(g))`.
@@ -358,11 +363,22 @@ multiversion! {
     fn relu_mask_chunk(output: &[f32], grad: &[f32], dx: &mut [MaybeUninit<f32>]) => mask
 }
 
+/// Values per task of the element-wise ReLU masks.
+const CHUNK: usize = 1 << 14;
+
+/// [`relu_mask`] written over `grad` itself.
+pub(super) fn relu_mask_in_place(output: &[f32], grad: &mut [f32]) {
+    use rayon::prelude::*;
+    assert_eq!(output.len(), grad.len(), "ReLU output and gradient lengths");
+    grad.par_chunks_mut(CHUNK)
+        .zip(output.par_chunks(CHUNK))
+        .for_each(|(g, y)| mask_in_place(y, g));
+}
+
 /// ReLU's input gradient over whole buffers of one length (see [`mask`]), in parallel.
 pub(super) fn relu_mask(output: &[f32], grad: &[f32]) -> Vec<f32> {
     use rayon::prelude::*;
     assert_eq!(output.len(), grad.len(), "ReLU output and gradient lengths");
-    const CHUNK: usize = 1 << 14;
     let mut dx = uninit(grad.len());
     dx.par_chunks_mut(CHUNK)
         .zip(output.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
@@ -617,94 +633,122 @@ pub(super) fn norm_train_forward(
     (out, batch)
 }
 
-/// Backward of `plane_norm_train` given its batch statistics `batch` (`[2, C]`): `(dx,
-/// dscale [C], dshift [C])`; with `relu_output`, `grad` is first masked by it ([`mask`]). The
-/// channels in `stats` as in [`norm_backward`]; each other channel in two passes over its
-/// planes (the gradient's sums, then `dx`), the second from cache.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn norm_train_backward(
-    x: &[f32],
-    relu_output: Option<&[f32]>,
-    grad: &[f32],
-    [n, c, h, w]: [usize; 4],
-    scale: &[f32],
-    batch: &[f32],
-    stats: Range<usize>,
-    (epsilon, batch_epsilon): (f32, f32),
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    use rayon::prelude::*;
-    assert_eq!(grad.len(), x.len(), "input and gradient lengths");
-    if let Some(y) = relu_output {
-        assert_eq!(y.len(), x.len(), "input and ReLU output lengths");
+/// What the backward pass of `plane_norm_train` needs besides the gradient: the input, the
+/// ReLU output (when the mask is still to be applied), the shape, the scale, the batch
+/// statistics `[2, C]`, the per-plane channels and the two epsilons.
+pub(super) struct TrainGrad<'a> {
+    pub x: &'a [f32],
+    pub relu_output: Option<&'a [f32]>,
+    pub dims: [usize; 4],
+    pub scale: &'a [f32],
+    pub batch: &'a [f32],
+    pub stats: Range<usize>,
+    pub epsilons: (f32, f32),
+}
+
+impl TrainGrad<'_> {
+    /// Channel `ch`'s input gradient in place of its output gradient `g` (its planes in
+    /// sample order, ReLU's mask applied here when `relu_output` is given): per plane for a
+    /// channel with its own statistics, else in two passes over the planes (the gradient's
+    /// sums, then `dx`), the second from cache. Returns `(dscale, dshift)` of the channel.
+    fn channel(&self, ch: usize, mut g: Vec<&mut [f32]>) -> (f64, f64) {
+        let [_, c, h, w] = self.dims;
+        let at = (ch, c, h * w);
+        let (x, scale) = (self.x, self.scale[ch]);
+        let mask = |i: usize, g: &mut [f32]| {
+            if let Some(y) = self.relu_output {
+                mask_in_place(plane_of(y, i, at), g);
+            }
+        };
+        if self.stats.contains(&ch) {
+            let each = g.into_iter().enumerate().map(|(i, g)| {
+                mask(i, g);
+                stat_backward_in_place(plane_of(x, i, at), g, scale, self.epsilons.0)
+            });
+            return each.fold((0.0, 0.0), |(s, b), (gs, gb)| (s + gs, b + gb));
+        }
+        let mu = self.batch[ch] as f64;
+        let r = 1.0 / (self.batch[c + ch] as f64 + self.epsilons.1 as f64).sqrt();
+        let (mut sum_g, mut sum_gc) = (0.0, 0.0);
+        for (i, g) in g.iter_mut().enumerate() {
+            mask(i, g);
+            let (s, sc) = grad_sums(plane_of(x, i, at), g, mu);
+            sum_g += s;
+            sum_gc += sc;
+        }
+        let count = (g.len() * h * w) as f64;
+        let p = PlaneGrad::from_sums(true, (mu, r), count, (sum_g, sum_gc), scale);
+        for (i, g) in g.into_iter().enumerate() {
+            grad_apply_in_place(&p, plane_of(x, i, at), g);
+        }
+        p.sums
     }
-    let hw = h * w;
-    let mut dx = uninit(x.len());
-    let sums: Vec<(f64, f64)> = if hw == 0 {
-        vec![(0.0, 0.0); c]
-    } else {
-        channel_planes(&mut dx, c, hw)
+
+    /// The backward pass with the output gradient `grad` turned into the input gradient in
+    /// place (no new buffer: the gradient is read from and written to cache-resident
+    /// planes): `(dscale [C], dshift [C])`.
+    pub(super) fn in_place(&self, grad: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
+        use rayon::prelude::*;
+        let [_, c, h, w] = self.check(grad.len());
+        if h * w == 0 {
+            return (vec![0.0; c], vec![0.0; c]);
+        }
+        let sums: Vec<(f64, f64)> = channel_planes(grad, c, h * w)
             .into_par_iter()
             .enumerate()
-            .map(|(ch, planes)| {
-                let at = (ch, c, hw);
-                if stats.contains(&ch) {
-                    let each = planes.into_iter().enumerate().map(|(i, dx)| {
-                        let (x, g) = (plane_of(x, i, at), plane_of(grad, i, at));
-                        match relu_output {
-                            Some(y) => norm_relu_backward_plane(
-                                x,
-                                plane_of(y, i, at),
-                                g,
-                                dx,
-                                true,
-                                scale[ch],
-                                epsilon,
-                            ),
-                            None => norm_backward_plane(x, g, dx, true, scale[ch], epsilon),
+            .map(|(ch, g)| self.channel(ch, g))
+            .collect();
+        sums.into_iter().map(|(s, b)| (s as f32, b as f32)).unzip()
+    }
+
+    /// The backward pass into a new buffer: `(dx, dscale [C], dshift [C])`. Each channel's
+    /// output gradient (masked, with ReLU) is first copied into its planes of `dx`.
+    pub(super) fn to_new(&self, grad: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        use rayon::prelude::*;
+        let [_, c, h, w] = self.check(grad.len());
+        let hw = h * w;
+        let mut dx = uninit(grad.len());
+        let sums: Vec<(f64, f64)> = if hw == 0 {
+            vec![(0.0, 0.0); c]
+        } else {
+            let masked = TrainGrad {
+                relu_output: None,
+                stats: self.stats.clone(),
+                ..*self
+            };
+            channel_planes(&mut dx, c, hw)
+                .into_par_iter()
+                .enumerate()
+                .map(|(ch, planes)| {
+                    let at = (ch, c, hw);
+                    let g = planes.into_iter().enumerate().map(|(i, dx)| {
+                        let g = plane_of(grad, i, at);
+                        match self.relu_output {
+                            Some(y) => relu_mask_chunk(plane_of(y, i, at), g, dx),
+                            None => copy_plane(g, dx),
                         }
+                        // SAFETY: both branches wrote every value of `dx`.
+                        unsafe { assume_init_mut(dx) }
                     });
-                    return each.fold((0.0, 0.0), |(s, b), (gs, gb)| (s + gs, b + gb));
-                }
-                let mu = batch[ch] as f64;
-                let r = 1.0 / (batch[c + ch] as f64 + batch_epsilon as f64).sqrt();
-                let mut planes = planes;
-                // The gradient's sums over the channel (with ReLU, the masked gradient is
-                // left in `dx`).
-                let (mut sum_g, mut sum_gc) = (0.0, 0.0);
-                for (i, dx) in planes.iter_mut().enumerate() {
-                    let (g, gc) = match relu_output {
-                        Some(y) => masked_grad_sums(
-                            plane_of(x, i, at),
-                            plane_of(y, i, at),
-                            plane_of(grad, i, at),
-                            dx,
-                            mu,
-                        ),
-                        None => grad_sums(plane_of(x, i, at), plane_of(grad, i, at), mu),
-                    };
-                    sum_g += g;
-                    sum_gc += gc;
-                }
-                let count = (n * hw) as f64;
-                let p = PlaneGrad::from_sums(true, (mu, r), count, (sum_g, sum_gc), scale[ch]);
-                for (i, dx) in planes.into_iter().enumerate() {
-                    match relu_output {
-                        // SAFETY: `masked_grad_sums` wrote every value of `dx`.
-                        Some(_) => grad_apply_in_place(&p, plane_of(x, i, at), unsafe {
-                            assume_init_mut(dx)
-                        }),
-                        None => grad_apply(&p, plane_of(x, i, at), plane_of(grad, i, at), dx),
-                    }
-                }
-                p.sums
-            })
-            .collect()
-    };
-    // SAFETY: `dx` is a whole number of planes of `hw` values (none when `hw` is 0), every
-    // plane belongs to one channel's group, and each group's planes are all written above.
-    let dx = unsafe { assume_init(dx) };
-    let (dscale, dshift) = sums.into_iter().map(|(s, b)| (s as f32, b as f32)).unzip();
-    (dx, dscale, dshift)
+                    masked.channel(ch, g.collect())
+                })
+                .collect()
+        };
+        // SAFETY: `dx` is a whole number of planes of `hw` values (none when `hw` is 0), every
+        // plane belongs to one channel's group, and each group's planes are all written above.
+        let dx = unsafe { assume_init(dx) };
+        let (dscale, dshift) = sums.into_iter().map(|(s, b)| (s as f32, b as f32)).unzip();
+        (dx, dscale, dshift)
+    }
+
+    /// The shape, once the lengths of the gradient and the other buffers are checked.
+    fn check(&self, grad: usize) -> [usize; 4] {
+        assert_eq!(grad, self.x.len(), "input and gradient lengths");
+        if let Some(y) = self.relu_output {
+            assert_eq!(y.len(), self.x.len(), "input and ReLU output lengths");
+        }
+        self.dims
+    }
 }
 
 mod backends {
@@ -725,6 +769,14 @@ mod backends {
         /// Calls `f` with the values of `x` in row-major order (no copy when `x` is already
         /// contiguous `f32`).
         fn with_f32<R>(x: FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R;
+
+        /// Calls `f` on the values of `x` to be overwritten in place, when `x` is contiguous
+        /// `f32` held by no other tensor: `Ok((x, result))`; otherwise `Err(x)`, untouched.
+        #[allow(clippy::type_complexity)]
+        fn with_f32_mut<R>(
+            x: FloatTensor<Self>,
+            f: impl FnOnce(&mut [f32]) -> R,
+        ) -> Result<(FloatTensor<Self>, R), FloatTensor<Self>>;
     }
 
     #[cfg(feature = "flex")]
@@ -739,6 +791,23 @@ mod backends {
             }
             f(&read::<Self>(x))
         }
+
+        fn with_f32_mut<R>(
+            mut x: FloatTensor<Self>,
+            f: impl FnOnce(&mut [f32]) -> R,
+        ) -> Result<(FloatTensor<Self>, R), FloatTensor<Self>> {
+            let Some((start, end)) = x.layout().contiguous_offsets() else {
+                return Err(x);
+            };
+            if x.dtype() != DType::F32 {
+                return Err(x);
+            }
+            let result = match x.try_storage_mut::<f32>() {
+                Some(values) => f(&mut values[start..end]),
+                None => return Err(x),
+            };
+            Ok((x, result))
+        }
     }
 
     #[cfg(feature = "ndarray")]
@@ -750,6 +819,14 @@ mod backends {
                 return f(values);
             }
             f(&read::<Self>(x))
+        }
+
+        fn with_f32_mut<R>(
+            x: FloatTensor<Self>,
+            _: impl FnOnce(&mut [f32]) -> R,
+        ) -> Result<(FloatTensor<Self>, R), FloatTensor<Self>> {
+            // Not attempted: the backend's tensors share their arrays freely.
+            Err(x)
         }
     }
 
@@ -875,7 +952,8 @@ mod backends {
         )
     }
 
-    /// `plane_norm_train_backward`; `relu_output` is read when given.
+    /// `plane_norm_train_backward`; `relu_output` is read when given. The input gradient
+    /// takes the place of the output gradient when the backend lets the latter be written.
     #[allow(clippy::too_many_arguments)]
     pub(in super::super) fn plane_norm_train_backward<B: CpuAccess>(
         x: FloatTensor<B>,
@@ -889,21 +967,62 @@ mod backends {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
         let scale_shape = scale.shape();
         let (scale, batch) = (read::<B>(scale), read::<B>(batch));
-        let backward = |x: &[f32], y: Option<&[f32]>, grad: &[f32]| {
-            let (dims, stats) = (dims4(&shape), stats.0..stats.1);
-            super::norm_train_backward(x, y, grad, dims, &scale, &batch, stats, epsilons)
+        let (dims, stats) = (dims4(&shape), stats.0..stats.1);
+        let inputs = (dims, &scale[..], &batch[..], stats, epsilons);
+        let vector = |values: Vec<f32>| write::<B>(values, scale_shape.clone(), dtype, &device);
+        let in_place = B::with_f32_mut(grad, |g| {
+            let (x, y) = (x.clone(), relu_output.clone());
+            with_train_grad::<B, _>(x, y, inputs.clone(), |k| k.in_place(g))
+        });
+        let grad = match in_place {
+            Ok((dx, (dscale, dshift))) => return (dx, vector(dscale), vector(dshift)),
+            Err(grad) => grad,
         };
-        let (dx, dscale, dshift) = B::with_f32(x, |x| {
-            B::with_f32(grad, |grad| match relu_output {
-                Some(y) => B::with_f32(y, |y| backward(x, Some(y), grad)),
-                None => backward(x, None, grad),
-            })
+        let (dx, dscale, dshift) = B::with_f32(grad, |g| {
+            with_train_grad::<B, _>(x, relu_output, inputs, |k| k.to_new(g))
         });
         (
             write::<B>(dx, shape, dtype, &device),
-            write::<B>(dscale, scale_shape.clone(), dtype, &device),
-            write::<B>(dshift, scale_shape, dtype, &device),
+            vector(dscale),
+            vector(dshift),
         )
+    }
+
+    /// `(dims, scale, batch, stats, epsilons)` of a [`TrainGrad`](super::TrainGrad).
+    type TrainInputs<'a> = (
+        [usize; 4],
+        &'a [f32],
+        &'a [f32],
+        core::ops::Range<usize>,
+        (f32, f32),
+    );
+
+    /// Calls `f` with the [`TrainGrad`](super::TrainGrad) of `x`, `relu_output` and `inputs`.
+    fn with_train_grad<B: CpuAccess, R>(
+        x: FloatTensor<B>,
+        relu_output: Option<FloatTensor<B>>,
+        inputs: TrainInputs<'_>,
+        f: impl FnOnce(&super::TrainGrad) -> R,
+    ) -> R {
+        fn make<'a>(
+            x: &'a [f32],
+            relu_output: Option<&'a [f32]>,
+            (dims, scale, batch, stats, epsilons): TrainInputs<'a>,
+        ) -> super::TrainGrad<'a> {
+            super::TrainGrad {
+                x,
+                relu_output,
+                dims,
+                scale,
+                batch,
+                stats,
+                epsilons,
+            }
+        }
+        B::with_f32(x, |x| match relu_output {
+            Some(y) => B::with_f32(y, |y| f(&make(x, Some(y), inputs))),
+            None => f(&make(x, None, inputs)),
+        })
     }
 
     pub(in super::super) fn relu_mask<B: CpuAccess>(
@@ -916,6 +1035,13 @@ mod backends {
             shape,
             "relu_mask: output and gradient shapes"
         );
+        let in_place = B::with_f32_mut(grad, |g| {
+            B::with_f32(output.clone(), |y| super::relu_mask_in_place(y, g))
+        });
+        let grad = match in_place {
+            Ok((dx, ())) => return dx,
+            Err(grad) => grad,
+        };
         let dx = B::with_f32(output, |y| B::with_f32(grad, |g| super::relu_mask(y, g)));
         write::<B>(dx, shape, dtype, &device)
     }
