@@ -144,19 +144,25 @@ impl ConvGeometry {
             self.c_out / self.groups,
             self.taps(),
         );
-        let mut flipped = vec![0.0f32; weight.len()];
-        for grp in 0..self.groups {
-            for c in 0..cig {
-                for k in 0..cog {
-                    let src = &weight[((grp * cog + k) * cig + c) * taps..][..taps];
-                    let dst = &mut flipped[((grp * cig + c) * cog + k) * taps..][..taps];
-                    dst.iter_mut()
-                        .zip(src.iter().rev())
-                        .for_each(|(d, s)| *d = *s);
-                }
-            }
+        let mut flipped = uninit(weight.len());
+        // One task per row `(grp, c)` of the result: its `cog` kernels of `taps` values.
+        if cog * taps > 0 {
+            flipped
+                .par_chunks_mut(cog * taps)
+                .enumerate()
+                .for_each(|(row, dst)| {
+                    let (grp, c) = (row / cig, row % cig);
+                    for (k, dst) in dst.chunks_mut(taps).enumerate() {
+                        let src = &weight[((grp * cog + k) * cig + c) * taps..][..taps];
+                        for (d, &s) in dst.iter_mut().zip(src.iter().rev()) {
+                            d.write(s);
+                        }
+                    }
+                });
         }
-        flipped
+        // SAFETY: `weight` holds `groups * cig` rows of `cog * taps` values, and each row of
+        // `flipped` (the same length) is written in full above; nothing when a row is empty.
+        unsafe { assume_init(flipped) }
     }
 
     /// `col` is the input itself: 1x1 kernel, unit stride, no padding (at the start, and at the
@@ -704,11 +710,9 @@ pub(super) fn conv2d_backward(
     let dx_len = if input_grad { x_len } else { 0 };
     let pointwise = g.is_pointwise();
     // A pointwise convolution's input gradient is one product per sample that writes it
-    // whole; otherwise it is zeroed, as col2im adds every block's contribution.
+    // whole; otherwise each sample's is zeroed by its task (in parallel, just before use), as
+    // col2im adds every block's contribution.
     let mut dx = uninit(g.batch * dx_len);
-    if !pointwise {
-        dx.fill(MaybeUninit::new(0.0));
-    }
     // Weight gradient: for small output planes one product over many samples at a time, else
     // one partial sum per run of samples (one product per sample), added up at the end.
     let batched = g
@@ -737,6 +741,9 @@ pub(super) fn conv2d_backward(
             let first = samples.start;
             for b in samples {
                 let dxb = &mut dx_run[(b - first) * dx_len..(b - first + 1) * dx_len];
+                if !pointwise {
+                    dxb.fill(MaybeUninit::new(0.0));
+                }
                 let xb = &x[b * x_len..(b + 1) * x_len];
                 let dyb = &dy[b * y_len..(b + 1) * y_len];
                 for rows in g.row_blocks() {
@@ -760,7 +767,7 @@ pub(super) fn conv2d_backward(
                     } else {
                         let dcol = &mut col[..g.col_len(rows.len())];
                         unfolded_grad(dcol, weight, &dy_g, shape, parallel);
-                        // SAFETY: `dx` was zero-filled above when not pointwise.
+                        // SAFETY: `dxb` was zero-filled above when not pointwise.
                         col2im(g, col, unsafe { assume_init_mut(dxb) }, rows, parallel);
                     }
                 }
@@ -775,8 +782,9 @@ pub(super) fn conv2d_backward(
         partials.truncate(w_len);
         weight_grad_layout(g, partials)
     });
-    // SAFETY: not pointwise, `dx` was zero-filled; pointwise, each sample's product wrote its
-    // whole `[C_in, H, W]` gradient (one block of rows, every group's `[kg, nb]` region).
+    // SAFETY: not pointwise, each sample's `dx` was zero-filled by its task; pointwise, each
+    // sample's product wrote its whole `[C_in, H, W]` gradient (one block of rows, every
+    // group's `[kg, nb]` region). Without an input gradient `dx` is empty.
     let dx = unsafe { assume_init(dx) };
     (input_grad.then_some(dx), dw)
 }
