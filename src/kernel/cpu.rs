@@ -1,5 +1,7 @@
 //! The kernels on CPU backends (flex, ndarray): plain Rust over contiguous `f32` planes,
-//! one rayon task per chunk of (sample, channel) planes, statistics accumulated in `f64`.
+//! statistics accumulated in `f64`; one rayon task per chunk of (sample, channel) planes, or
+//! per channel (every sample's plane of it) where batch statistics are taken and in the
+//! backward passes, which write the input gradient over the output gradient when they may.
 
 use core::mem::MaybeUninit;
 use core::ops::Range;
@@ -194,18 +196,7 @@ impl PlaneGrad {
         }
     }
 
-    /// Writes the input gradient of one plane from its `x` and output gradient `g`.
-    #[inline(always)]
-    fn apply(&self, x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) {
-        if !self.stat {
-            return affine(g, dx, self.a, 0.0);
-        }
-        for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-            dx.write(g * self.a + (x - self.mu) * self.cx + self.b);
-        }
-    }
-
-    /// [`apply`](Self::apply) with the output gradient held in `g`, overwritten.
+    /// Turns the output gradient of one plane, held in `g`, into its input gradient.
     #[inline(always)]
     fn apply_in_place(&self, x: &[f32], g: &mut [f32]) {
         if !self.stat {
@@ -250,11 +241,17 @@ fn copy_body(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     }
 }
 
-/// One plane normalised with its own statistics, its output gradient `g` turned into the
-/// input gradient in place; returns `(sum(g * xhat), sum(g))`.
+/// One plane of `plane_norm` (normalised with its own statistics when `stat`), its output
+/// gradient `g` turned into the input gradient in place; returns `(sum(g * xhat), sum(g))`.
 #[inline(always)]
-fn stat_backward_in_place_body(x: &[f32], g: &mut [f32], scale: f32, epsilon: f32) -> (f64, f64) {
-    let p = PlaneGrad::new(x, g, true, scale, epsilon);
+fn plane_backward_in_place_body(
+    x: &[f32],
+    g: &mut [f32],
+    stat: bool,
+    scale: f32,
+    epsilon: f32,
+) -> (f64, f64) {
+    let p = PlaneGrad::new(x, g, stat, scale, epsilon);
     p.apply_in_place(x, g);
     p.sums
 }
@@ -276,67 +273,13 @@ multiversion! {
 }
 
 multiversion! {
-    fn stat_backward_in_place(x: &[f32], g: &mut [f32], scale: f32, epsilon: f32) -> (f64, f64)
-        => stat_backward_in_place_body
-}
-
-/// One plane of [`norm_backward`]: writes `dx` and returns `(sum(g * xhat), sum(g))`.
-#[inline(always)]
-fn norm_backward_plane_body(
-    x: &[f32],
-    g: &[f32],
-    dx: &mut [MaybeUninit<f32>],
-    stat: bool,
-    scale: f32,
-    epsilon: f32,
-) -> (f64, f64) {
-    let p = PlaneGrad::new(x, g, stat, scale, epsilon);
-    p.apply(x, g, dx);
-    p.sums
-}
-
-/// [`norm_backward_plane_body`] after ReLU's mask: the output gradient is `grad` masked by the
-/// plane's ReLU `output` ([`mask`]), held in `dx` (which stays in cache) and then turned into
-/// the input gradient in place.
-#[inline(always)]
-fn norm_relu_backward_plane_body(
-    x: &[f32],
-    output: &[f32],
-    grad: &[f32],
-    dx: &mut [MaybeUninit<f32>],
-    stat: bool,
-    scale: f32,
-    epsilon: f32,
-) -> (f64, f64) {
-    mask(output, grad, dx);
-    // SAFETY: `mask` wrote every value of `dx`.
-    let g = unsafe { assume_init_mut(dx) };
-    let p = PlaneGrad::new(x, g, stat, scale, epsilon);
-    p.apply_in_place(x, g);
-    p.sums
-}
-
-multiversion! {
-    fn norm_backward_plane(
+    fn plane_backward_in_place(
         x: &[f32],
-        g: &[f32],
-        dx: &mut [MaybeUninit<f32>],
+        g: &mut [f32],
         stat: bool,
         scale: f32,
         epsilon: f32,
-    ) -> (f64, f64) => norm_backward_plane_body
-}
-
-multiversion! {
-    fn norm_relu_backward_plane(
-        x: &[f32],
-        output: &[f32],
-        grad: &[f32],
-        dx: &mut [MaybeUninit<f32>],
-        stat: bool,
-        scale: f32,
-        epsilon: f32,
-    ) -> (f64, f64) => norm_relu_backward_plane_body
+    ) -> (f64, f64) => plane_backward_in_place_body
 }
 
 multiversion! {
@@ -422,59 +365,6 @@ pub(super) fn norm_forward(
     // SAFETY: `out` and `x` have the same length, a whole number of planes of `hw` values, and
     // the loop above wrote every value of every plane.
     unsafe { assume_init(out) }
-}
-
-/// Backward of `plane_norm`: `(dx, dscale [C], dshift [C])`; with `relu_output` (the output
-/// of a `plane_norm` that applied ReLU), `grad` is first masked by it ([`mask`]), plane by plane.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn norm_backward(
-    x: &[f32],
-    relu_output: Option<&[f32]>,
-    grad: &[f32],
-    [n, c, h, w]: [usize; 4],
-    scale: &[f32],
-    stats: Range<usize>,
-    epsilon: f32,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    use rayon::prelude::*;
-    assert_eq!(grad.len(), x.len(), "input and gradient lengths");
-    if let Some(y) = relu_output {
-        assert_eq!(y.len(), x.len(), "input and ReLU output lengths");
-    }
-    let hw = h * w;
-    let mut dx = uninit(x.len());
-    let mut sums = vec![(0.0f64, 0.0f64); n * c];
-    if hw > 0 {
-        dx.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw).zip(grad.par_chunks(hw)))
-            .zip(sums.par_iter_mut())
-            .enumerate()
-            .for_each(|(p, ((dx, (x, g)), sums))| {
-                let ch = p % c;
-                let (stat, scale) = (stats.contains(&ch), scale[ch]);
-                *sums = match relu_output {
-                    Some(y) => {
-                        let y = &y[p * hw..(p + 1) * hw];
-                        norm_relu_backward_plane(x, y, g, dx, stat, scale, epsilon)
-                    }
-                    None => norm_backward_plane(x, g, dx, stat, scale, epsilon),
-                };
-            });
-    }
-    // SAFETY: `dx`, `x` and `grad` have the same length, a whole number of planes of `hw`
-    // values (none when `hw` is 0), and both branches above write every value of every plane.
-    let dx = unsafe { assume_init(dx) };
-    let mut dscale = vec![0.0f32; c];
-    let mut dshift = vec![0.0f32; c];
-    for ch in 0..c {
-        let (s, b) = (0..n).fold((0.0, 0.0), |(s, b), i| {
-            let (gs, gb) = sums[i * c + ch];
-            (s + gs, b + gb)
-        });
-        dscale[ch] = s as f32;
-        dshift[ch] = b as f32;
-    }
-    (dx, dscale, dshift)
 }
 
 /// `plane_moments` of the channels `channels`: `[2, N, K]`, means then biased variances.
@@ -633,24 +523,27 @@ pub(super) fn norm_train_forward(
     (out, batch)
 }
 
-/// What the backward pass of `plane_norm_train` needs besides the gradient: the input, the
-/// ReLU output (when the mask is still to be applied), the shape, the scale, the batch
-/// statistics `[2, C]`, the per-plane channels and the two epsilons.
-pub(super) struct TrainGrad<'a> {
+/// What the backward pass of `plane_norm` and `plane_norm_train` needs besides the output
+/// gradient: the input, the ReLU output (when the mask is still to be applied), the shape, the
+/// scale, the channels with per-plane statistics and the two epsilons (per-plane, batch), and
+/// in training the batch statistics `[2, C]` of the other channels (which `plane_norm` maps by
+/// the affine transform alone).
+pub(super) struct NormGrad<'a> {
     pub x: &'a [f32],
     pub relu_output: Option<&'a [f32]>,
     pub dims: [usize; 4],
     pub scale: &'a [f32],
-    pub batch: &'a [f32],
+    pub batch: Option<&'a [f32]>,
     pub stats: Range<usize>,
     pub epsilons: (f32, f32),
 }
 
-impl TrainGrad<'_> {
+impl NormGrad<'_> {
     /// Channel `ch`'s input gradient in place of its output gradient `g` (its planes in
-    /// sample order, ReLU's mask applied here when `relu_output` is given): per plane for a
-    /// channel with its own statistics, else in two passes over the planes (the gradient's
-    /// sums, then `dx`), the second from cache. Returns `(dscale, dshift)` of the channel.
+    /// sample order, ReLU's mask applied here when `relu_output` is given): plane by plane,
+    /// except for a batch-normalised channel, done in two passes over its planes (the
+    /// gradient's sums, then `dx`), the second from cache. Returns `(dscale, dshift)` of the
+    /// channel.
     fn channel(&self, ch: usize, mut g: Vec<&mut [f32]>) -> (f64, f64) {
         let [_, c, h, w] = self.dims;
         let at = (ch, c, h * w);
@@ -660,15 +553,20 @@ impl TrainGrad<'_> {
                 mask_in_place(plane_of(y, i, at), g);
             }
         };
-        if self.stats.contains(&ch) {
-            let each = g.into_iter().enumerate().map(|(i, g)| {
-                mask(i, g);
-                stat_backward_in_place(plane_of(x, i, at), g, scale, self.epsilons.0)
-            });
-            return each.fold((0.0, 0.0), |(s, b), (gs, gb)| (s + gs, b + gb));
-        }
-        let mu = self.batch[ch] as f64;
-        let r = 1.0 / (self.batch[c + ch] as f64 + self.epsilons.1 as f64).sqrt();
+        let stat = self.stats.contains(&ch);
+        let batch = match self.batch {
+            Some(batch) if !stat => batch,
+            _ => {
+                let each = g.into_iter().enumerate().map(|(i, g)| {
+                    mask(i, g);
+                    let x = plane_of(x, i, at);
+                    plane_backward_in_place(x, g, stat, scale, self.epsilons.0)
+                });
+                return each.fold((0.0, 0.0), |(s, b), (gs, gb)| (s + gs, b + gb));
+            }
+        };
+        let mu = batch[ch] as f64;
+        let r = 1.0 / (batch[c + ch] as f64 + self.epsilons.1 as f64).sqrt();
         let (mut sum_g, mut sum_gc) = (0.0, 0.0);
         for (i, g) in g.iter_mut().enumerate() {
             mask(i, g);
@@ -711,7 +609,7 @@ impl TrainGrad<'_> {
         let sums: Vec<(f64, f64)> = if hw == 0 {
             vec![(0.0, 0.0); c]
         } else {
-            let masked = TrainGrad {
+            let masked = NormGrad {
                 relu_output: None,
                 stats: self.stats.clone(),
                 ..*self
@@ -904,24 +802,8 @@ mod backends {
         stat_end: usize,
         epsilon: f32,
     ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-        let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
-        let scale_shape = scale.shape();
-        let scale = read::<B>(scale);
-        let backward = |x: &[f32], y: Option<&[f32]>, grad: &[f32]| {
-            let (dims, stats) = (dims4(&shape), stat_start..stat_end);
-            super::norm_backward(x, y, grad, dims, &scale, stats, epsilon)
-        };
-        let (dx, dscale, dshift) = B::with_f32(x, |x| {
-            B::with_f32(grad, |grad| match relu_output {
-                Some(y) => B::with_f32(y, |y| backward(x, Some(y), grad)),
-                None => backward(x, None, grad),
-            })
-        });
-        (
-            write::<B>(dx, shape, dtype, &device),
-            write::<B>(dscale, scale_shape.clone(), dtype, &device),
-            write::<B>(dshift, scale_shape, dtype, &device),
-        )
+        let stats = (stat_start, stat_end);
+        norm_backward::<B>(x, relu_output, grad, scale, None, stats, (epsilon, epsilon))
     }
 
     /// `plane_norm_train` (no `residual`) and `plane_norm_train_add`.
@@ -952,8 +834,7 @@ mod backends {
         )
     }
 
-    /// `plane_norm_train_backward`; `relu_output` is read when given. The input gradient
-    /// takes the place of the output gradient when the backend lets the latter be written.
+    /// `plane_norm_train_backward`; `relu_output` is read when given.
     #[allow(clippy::too_many_arguments)]
     pub(in super::super) fn plane_norm_train_backward<B: CpuAccess>(
         x: FloatTensor<B>,
@@ -964,22 +845,38 @@ mod backends {
         stats: (usize, usize),
         epsilons: (f32, f32),
     ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        norm_backward::<B>(x, relu_output, grad, scale, Some(batch), stats, epsilons)
+    }
+
+    /// The backward pass of `plane_norm` (without `batch`) or `plane_norm_train` (with its
+    /// batch statistics): `(dx, dscale, dshift)`. The input gradient takes the place of the
+    /// output gradient when the backend lets the latter be written.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward<B: CpuAccess>(
+        x: FloatTensor<B>,
+        relu_output: Option<FloatTensor<B>>,
+        grad: FloatTensor<B>,
+        scale: FloatTensor<B>,
+        batch: Option<FloatTensor<B>>,
+        stats: (usize, usize),
+        epsilons: (f32, f32),
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
         let scale_shape = scale.shape();
-        let (scale, batch) = (read::<B>(scale), read::<B>(batch));
+        let (scale, batch) = (read::<B>(scale), batch.map(read::<B>));
         let (dims, stats) = (dims4(&shape), stats.0..stats.1);
-        let inputs = (dims, &scale[..], &batch[..], stats, epsilons);
+        let inputs = (dims, &scale[..], batch.as_deref(), stats, epsilons);
         let vector = |values: Vec<f32>| write::<B>(values, scale_shape.clone(), dtype, &device);
         let in_place = B::with_f32_mut(grad, |g| {
             let (x, y) = (x.clone(), relu_output.clone());
-            with_train_grad::<B, _>(x, y, inputs.clone(), |k| k.in_place(g))
+            with_norm_grad::<B, _>(x, y, inputs.clone(), |k| k.in_place(g))
         });
         let grad = match in_place {
             Ok((dx, (dscale, dshift))) => return (dx, vector(dscale), vector(dshift)),
             Err(grad) => grad,
         };
         let (dx, dscale, dshift) = B::with_f32(grad, |g| {
-            with_train_grad::<B, _>(x, relu_output, inputs, |k| k.to_new(g))
+            with_norm_grad::<B, _>(x, relu_output, inputs, |k| k.to_new(g))
         });
         (
             write::<B>(dx, shape, dtype, &device),
@@ -988,28 +885,28 @@ mod backends {
         )
     }
 
-    /// `(dims, scale, batch, stats, epsilons)` of a [`TrainGrad`](super::TrainGrad).
-    type TrainInputs<'a> = (
+    /// `(dims, scale, batch, stats, epsilons)` of a [`NormGrad`](super::NormGrad).
+    type NormInputs<'a> = (
         [usize; 4],
         &'a [f32],
-        &'a [f32],
+        Option<&'a [f32]>,
         core::ops::Range<usize>,
         (f32, f32),
     );
 
-    /// Calls `f` with the [`TrainGrad`](super::TrainGrad) of `x`, `relu_output` and `inputs`.
-    fn with_train_grad<B: CpuAccess, R>(
+    /// Calls `f` with the [`NormGrad`](super::NormGrad) of `x`, `relu_output` and `inputs`.
+    fn with_norm_grad<B: CpuAccess, R>(
         x: FloatTensor<B>,
         relu_output: Option<FloatTensor<B>>,
-        inputs: TrainInputs<'_>,
-        f: impl FnOnce(&super::TrainGrad) -> R,
+        inputs: NormInputs<'_>,
+        f: impl FnOnce(&super::NormGrad) -> R,
     ) -> R {
         fn make<'a>(
             x: &'a [f32],
             relu_output: Option<&'a [f32]>,
-            (dims, scale, batch, stats, epsilons): TrainInputs<'a>,
-        ) -> super::TrainGrad<'a> {
-            super::TrainGrad {
+            (dims, scale, batch, stats, epsilons): NormInputs<'a>,
+        ) -> super::NormGrad<'a> {
+            super::NormGrad {
                 x,
                 relu_output,
                 dims,
