@@ -756,8 +756,9 @@ fn batch_channel_mask<B: Backend>(
 }
 
 /// [`NormKernels::plane_norm_train`] (and `_add` with `residual`) from the backend's other
-/// kernels: [`NormKernels::plane_moments`] of every channel, batch statistics by generic
-/// operations, folded into the scale and shift of one [`NormKernels::plane_norm`] pass.
+/// kernels: [`NormKernels::plane_moments`] of the batch-normalised channels, batch statistics
+/// by generic operations, folded into the scale and shift of one [`NormKernels::plane_norm`]
+/// pass.
 #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
 fn norm_train_generic<B: NormKernels>(
     x: FloatTensor<B>,
@@ -772,21 +773,37 @@ fn norm_train_generic<B: NormKernels>(
     use burn::tensor::{Shape, Slice};
     let [n, c, _, _] = dims4(&x.shape());
     let (device, dtype) = (x.device(), x.dtype());
-    let moments = B::plane_moments(x.clone(), 0, c);
-    let take = |i: usize| {
-        let t = B::float_slice(moments.clone(), &[Slice::from(i..i + 1)]);
-        B::float_reshape(t, Shape::new([n, c]))
+    // The batch-normalised channels: one range when the per-plane ones are at one end, else
+    // every channel (the others are masked out below).
+    let batch = match (start, end) {
+        (0, end) if end > 0 => end..c,
+        (start, end) if end == c && start < end => 0..start,
+        _ => 0..c,
     };
-    let (means, vars) = (take(0), take(1));
-    // Law of total variance over the samples' planes.
-    let mean = B::float_mean_dim(means.clone(), 0);
-    let centred = B::float_sub(means, mean.clone());
-    let spread = B::float_mul(centred.clone(), centred);
-    let var = B::float_mean_dim(B::float_add(vars, spread), 0);
-    let (mean, var) = (
-        B::float_reshape(mean, Shape::new([c])),
-        B::float_reshape(var, Shape::new([c])),
-    );
+    let k = batch.len();
+    let (mean, var) = if k == 0 {
+        let zeros = B::float_zeros(Shape::new([c]), &device, dtype.into());
+        (zeros.clone(), zeros)
+    } else {
+        let moments = B::plane_moments(x.clone(), batch.start, batch.end);
+        let take = |i: usize| {
+            let t = B::float_slice(moments.clone(), &[Slice::from(i..i + 1)]);
+            B::float_reshape(t, Shape::new([n, k]))
+        };
+        let (means, vars) = (take(0), take(1));
+        // Law of total variance over the samples' planes.
+        let mean = B::float_mean_dim(means.clone(), 0);
+        let centred = B::float_sub(means, mean.clone());
+        let spread = B::float_mul(centred.clone(), centred);
+        let var = B::float_mean_dim(B::float_add(vars, spread), 0);
+        // Onto all `C` channels, zero outside the range.
+        let embed = |t: FloatTensor<B>| {
+            let zeros = B::float_zeros(Shape::new([c]), &device, dtype.into());
+            let t = B::float_reshape(t, Shape::new([k]));
+            B::float_slice_assign(zeros, &[Slice::from(batch.clone())], t)
+        };
+        (embed(mean), embed(var))
+    };
     let mask = batch_channel_mask::<B>(c, (start, end), &device, dtype);
     let keep = B::float_add_scalar(B::float_neg(mask.clone()), 1.0.into());
     let r = B::float_recip(B::float_sqrt(B::float_add_scalar(
