@@ -65,8 +65,9 @@ fn norm_grads<B: Backend + NormKernels>(
     let (dx, dscale, dshift) = match (batch, output) {
         (Some((batch, batch_epsilon)), output) => {
             let relu = output.is_some();
-            // Without ReLU the output is not read: the gradient's handle stands in.
-            let output = output.unwrap_or_else(|| grad.clone());
+            // Without ReLU the output is not read: the input's handle stands in (not the
+            // gradient's, which the backward pass may overwrite when it is its only handle).
+            let output = output.unwrap_or_else(|| x.clone());
             let eps = (epsilon, batch_epsilon);
             B::plane_norm_train_backward(
                 x, output, grad, scale, batch, start, end, eps.0, eps.1, relu,
