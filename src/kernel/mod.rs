@@ -154,8 +154,8 @@ pub trait NormKernels: Backend {
     /// and the output gradient `grad` (both `[N, C, H, W]`): ReLU's mask
     /// ([`relu_mask`](NormKernels::relu_mask)) and
     /// [`plane_norm_backward`](NormKernels::plane_norm_backward) in one, `(dx [N, C, H, W],
-    /// dscale [C], dshift [C])` (on CPU backends plane by plane, the masked gradient never
-    /// written out as a tensor).
+    /// dscale [C], dshift [C])` (on CPU backends the mask is applied plane by plane inside
+    /// the backward pass, the masked gradient never written out as a tensor of its own).
     #[fusion(meta = relu_backward_meta)]
     fn plane_norm_relu_backward(
         x: FloatTensor<Self>,
