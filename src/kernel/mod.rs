@@ -755,6 +755,44 @@ fn batch_channel_mask<B: Backend>(
     B::float_from_data(data, device)
 }
 
+/// The per-channel factors of a training norm on generic operations: `mask` (1 on the
+/// channels outside `start..end`, batch-normalised), `keep = 1 - mask`, `r = 1 / sqrt(var +
+/// batch_epsilon)` and the folded scale, `scale * r` on the batch channels and `scale` on the
+/// others; all `[C]`.
+struct BatchFactors<B: Backend> {
+    mask: FloatTensor<B>,
+    keep: FloatTensor<B>,
+    r: FloatTensor<B>,
+    folded_scale: FloatTensor<B>,
+}
+
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+impl<B: Backend> BatchFactors<B> {
+    fn new(
+        scale: FloatTensor<B>,
+        var: FloatTensor<B>,
+        stats: (usize, usize),
+        batch_epsilon: f32,
+    ) -> Self {
+        use burn::backend::TensorMetadata;
+        let (device, dtype, c) = (scale.device(), scale.dtype(), scale.shape()[0]);
+        let mask = batch_channel_mask::<B>(c, stats, &device, dtype);
+        let keep = B::float_add_scalar(B::float_neg(mask.clone()), 1.0.into());
+        let r = B::float_recip(B::float_sqrt(B::float_add_scalar(
+            var,
+            batch_epsilon.into(),
+        )));
+        let factor = B::float_add(B::float_mul(r.clone(), mask.clone()), keep.clone());
+        let folded_scale = B::float_mul(scale, factor);
+        Self {
+            mask,
+            keep,
+            r,
+            folded_scale,
+        }
+    }
+}
+
 /// [`NormKernels::plane_norm_train`] (and `_add` with `residual`) from the backend's other
 /// kernels: [`NormKernels::plane_moments`] of the batch-normalised channels, batch statistics
 /// by generic operations, folded into the scale and shift of one [`NormKernels::plane_norm`]
@@ -804,14 +842,9 @@ fn norm_train_generic<B: NormKernels>(
         };
         (embed(mean), embed(var))
     };
-    let mask = batch_channel_mask::<B>(c, (start, end), &device, dtype);
-    let keep = B::float_add_scalar(B::float_neg(mask.clone()), 1.0.into());
-    let r = B::float_recip(B::float_sqrt(B::float_add_scalar(
-        var.clone(),
-        batch_epsilon.into(),
-    )));
-    let factor = B::float_add(B::float_mul(r, mask.clone()), keep);
-    let folded_scale = B::float_mul(scale, factor);
+    let BatchFactors {
+        mask, folded_scale, ..
+    } = BatchFactors::<B>::new(scale, var.clone(), (start, end), batch_epsilon);
     let offset = B::float_mul(
         B::float_mul(mean.clone(), folded_scale.clone()),
         mask.clone(),
@@ -846,7 +879,6 @@ fn norm_train_backward_generic<B: NormKernels>(
     use burn::tensor::{Shape, Slice};
     let [n, c, h, w] = dims4(&x.shape());
     let count = (n * h * w) as f64;
-    let (device, dtype) = (x.device(), x.dtype());
     let grad = if relu {
         B::relu_mask(output, grad)
     } else {
@@ -857,14 +889,12 @@ fn norm_train_backward_generic<B: NormKernels>(
         B::float_reshape(t, Shape::new([c]))
     };
     let (mean, var) = (take(0), take(1));
-    let mask = batch_channel_mask::<B>(c, (start, end), &device, dtype);
-    let keep = B::float_add_scalar(B::float_neg(mask.clone()), 1.0.into());
-    let r = B::float_recip(B::float_sqrt(B::float_add_scalar(
-        var,
-        batch_epsilon.into(),
-    )));
-    let factor = B::float_add(B::float_mul(r.clone(), mask.clone()), keep.clone());
-    let folded_scale = B::float_mul(scale.clone(), factor);
+    let BatchFactors {
+        mask,
+        keep,
+        r,
+        folded_scale,
+    } = BatchFactors::<B>::new(scale.clone(), var, (start, end), batch_epsilon);
     // On the batch channels: dscale = sum(g x), dshift = sum(g), dx = g * folded scale.
     let (dx, dscale, dshift) =
         B::plane_norm_backward(x.clone(), grad, folded_scale.clone(), start, end, epsilon);
