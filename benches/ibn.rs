@@ -35,7 +35,6 @@ fn input(shape: [usize; 4], device: &Device) -> Tensor<4> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
 
-/// Runs `forward` on `x` and waits for the result.
 /// Only benchmarks whose name contains this (`--filter`) run.
 static FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -43,6 +42,7 @@ fn selected(name: &str) -> bool {
     name.contains(FILTER.get().map_or("", String::as_str))
 }
 
+/// Times `forward` on `x`, waiting for the result each time, and prints the median.
 fn bench(
     name: &str,
     shape: [usize; 4],

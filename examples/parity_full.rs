@@ -31,11 +31,27 @@ fn check(dir: &std::path::Path, name: &str, device: &Device) -> Result<f32, Stri
         .into_data()
         .try_to_vec::<f32>()
         .map_err(|e| format!("{e:?}"))?;
-    let scale = reference.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if ours.len() != reference.data.len() {
+        return Err(format!(
+            "{} output values, the reference has {}",
+            ours.len(),
+            reference.data.len()
+        ));
+    }
+    // A NaN on either side makes the error NaN, which fails the tolerance.
+    let nan_max = |m: f32, v: f32| {
+        if m.is_nan() || v.is_nan() {
+            f32::NAN
+        } else {
+            m.max(v)
+        }
+    };
+    let scale = reference.data.iter().map(|v| v.abs()).fold(0.0, nan_max);
     let err = ours
         .iter()
         .zip(&reference.data)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, nan_max);
     println!(
         "{name:<20} max abs error {err:.3e}, relative {:.3e} (output scale {scale:.3})",
         err / scale
@@ -45,7 +61,7 @@ fn check(dir: &std::path::Path, name: &str, device: &Device) -> Result<f32, Stri
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((dir, names)) = args.split_first() else {
+    let Some((dir, names)) = args.split_first().filter(|(_, names)| !names.is_empty()) else {
         eprintln!("usage: parity_full DIR NAME [NAME ...]");
         std::process::exit(2);
     };
@@ -54,7 +70,10 @@ fn main() {
     for name in names {
         match check(std::path::Path::new(dir), name, &device) {
             Ok(rel) if rel <= TOLERANCE => {}
-            Ok(_) => failed = true,
+            Ok(rel) => {
+                eprintln!("error: {name}: relative error {rel:e} above {TOLERANCE:e}");
+                failed = true;
+            }
             Err(e) => {
                 eprintln!("error: {name}: {e}");
                 failed = true;

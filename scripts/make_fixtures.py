@@ -6,6 +6,7 @@ The model code below is a parametrised re-statement of the authors' release
 names follow the release exactly, so that released checkpoints load strictly.
 
 Usage:  python3 scripts/make_fixtures.py      (writes tests/fixtures/)
+        python3 scripts/make_fixtures.py --only NAME [NAME ...]   (those cases only)
 Nothing is downloaded.
 """
 import os
@@ -161,7 +162,8 @@ class Bottleneck_IBN(nn.Module):
 class ResNet(nn.Module):
     def __init__(self, block, layers, ibn_cfg=("a", "a", "a", None),
                  widths=(64, 128, 256, 512), stem_width=64, num_classes=1000,
-                 last_stride=2, groups=1, base_width=64, se_reduction=None):
+                 last_stride=2, groups=1, base_width=64, se_reduction=None,
+                 stem_pool="padded"):
         super().__init__()
         self.inplanes = stem_width
         self.block_kw = dict(groups=groups, base_width=base_width,
@@ -172,7 +174,10 @@ class ResNet(nn.Module):
         else:
             self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        if stem_pool == "ceil":  # fast-reid's stem
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=0, ceil_mode=True)
+        else:
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         strides = (1, 2, 2, last_stride)
         for s in range(4):
             setattr(self, f"layer{s + 1}",
@@ -398,7 +403,39 @@ def cases():
         ("net_reid_a", lambda: ResNet(BasicBlock_IBN, [1, 1, 1, 1], A_CFG, W_BASIC,
                                       stem_width=8, num_classes=0, last_stride=1),
          [4, 3, 64, 64]),
+        # fast-reid's backbone: stem max-pool without padding, in ceil mode (at 66x62 its
+        # output is 16x15 where the padded pool gives 17x16); also saved as fast-reid
+        # checkpoints are (`.fastreid.pth`, see `fastreid_checkpoint`).
+        ("net_fastreid_a", lambda: ResNet(BasicBlock_IBN, [1, 1, 1, 1], A_CFG, W_BASIC,
+                                          stem_width=8, num_classes=0, last_stride=1,
+                                          stem_pool="ceil"),
+         [2, 3, 66, 62]),
     ]
+
+
+def fastreid_checkpoint(backbone, num_ids=5):
+    """A checkpoint laid out as fast-reid's trainer saves one: the meta-architecture's
+    state_dict (pixel mean/std buffers, `backbone.*`, a BNNeck embedding head `heads.*`)
+    under "model", beside the optimizer's and scheduler's state and the iteration."""
+    feat = backbone.layer4[-1].bn2.num_features
+    heads = nn.Module()
+    heads.bottleneck = nn.Sequential(nn.BatchNorm2d(feat))
+    heads.weight = nn.Parameter(torch.randn(num_ids, feat) * 0.01)
+    meta = nn.Module()
+    meta.register_buffer("pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(1, -1, 1, 1))
+    meta.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(1, -1, 1, 1))
+    meta.backbone = backbone
+    meta.heads = heads
+    params = [p for p in meta.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # momentum buffers, as after training
+    for p in params:
+        p.grad = None
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    return {"model": meta.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "iteration": 1234}
 
 
 @torch.no_grad()
@@ -418,12 +455,27 @@ def save_npy(path, t):
     np.save(path, a)
 
 
-def main():
+def main(only=()):
+    """Writes every case, or only the cases named in `only` (the other files, and their
+    lines of the manifest, stay as they are)."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     ok = self_check()
     os.makedirs(OUT, exist_ok=True)
     manifest = ["# name\tinput_shape\toutput_shape\tmax_abs_eval_output"]
+    known = [name for name, _, _ in cases()]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        print(f"no fixture case {', '.join(unknown)}; the cases: {', '.join(known)}")
+        return 2
+    kept = {}
+    if only and os.path.exists(os.path.join(OUT, "MANIFEST.txt")):
+        with open(os.path.join(OUT, "MANIFEST.txt")) as f:
+            kept = {line.split("\t")[0]: line.rstrip("\n") for line in f if not line.startswith("#")}
     for idx, (name, make, shape) in enumerate(cases()):
+        if only and name not in only:
+            if name in kept:
+                manifest.append(kept[name])
+            continue
         torch.manual_seed(1234 + idx)
         model = make()
         fixture_init(model)
@@ -436,6 +488,8 @@ def main():
             torch.save(wrapped, p(".wrapped.pth"))
             torch.save(sd, p(".legacy.pth"), _use_new_zipfile_serialization=False)
             torch.save(wrapped, p(".wrapped_legacy.pth"), _use_new_zipfile_serialization=False)
+        if name == "net_fastreid_a":
+            torch.save(fastreid_checkpoint(model), p(".fastreid.pth"))
         save_npy(p(".input.npy"), x)
         model.eval()
         with torch.no_grad():
@@ -478,4 +532,7 @@ if __name__ == "__main__":
         for model_name in sys.argv[3:]:
             full_case(model_name, sys.argv[2])
         sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "--only":
+        # python3 scripts/make_fixtures.py --only NAME [NAME ...]
+        sys.exit(main(sys.argv[2:]))
     sys.exit(main())

@@ -79,6 +79,19 @@ pub enum IbnError {
 }
 
 impl IbnError {
+    /// The same error, raised by the part `location` of a larger configuration: an
+    /// [`InvalidConfig`](Self::InvalidConfig) field becomes `location.field`
+    /// (`layer2.0.bn1.ratio`); other errors are returned unchanged.
+    pub(crate) fn within(self, location: &str) -> Self {
+        match self {
+            Self::InvalidConfig { field, reason } => Self::InvalidConfig {
+                field: format!("{location}.{field}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidConfig {
             field: field.into(),

@@ -6,7 +6,9 @@ use burn::tensor::{Distribution, Tensor};
 use common::*;
 use ibn_net::IbnError;
 use ibn_net::block::{BottleneckConfig, IbnMode, SqueezeExcitationConfig};
-use ibn_net::model::{Backbone, BlockKind, DenseNetIbnConfig, ResNetIbnConfig, block_ibn};
+use ibn_net::model::{
+    Backbone, BlockKind, DenseNetIbnConfig, ResNetIbnConfig, StemPool, block_ibn,
+};
 use ibn_net::norm::{IbnConfig, IbnOrder};
 
 fn config_error<T>(result: Result<T, IbnError>) -> String {
@@ -33,7 +35,7 @@ fn ibn_sections_follow_the_release() {
 #[test]
 fn invalid_configurations_name_the_field() {
     let d = cpu();
-    assert!(config_error(IbnConfig::new(64).with_ratio(1.0).init(&d)).contains("ibn ratio"));
+    assert!(config_error(IbnConfig::new(64).with_ratio(1.0).init(&d)).contains("ratio: must"));
     assert!(config_error(IbnConfig::new(64).with_ratio(0.0).init(&d)).contains("(0, 1)"));
     assert!(config_error(IbnConfig::new(1).init(&d)).contains("non-empty"));
 
@@ -81,6 +83,48 @@ fn invalid_configurations_name_the_field() {
             .contains("4 IBN flags for 2 blocks")
     );
     assert!(config_error(DenseNetIbnConfig::new(vec![]).init(&d)).contains("block_config"));
+    assert!(
+        config_error(resnet().with_se_reduction(Some(0)).init(&d))
+            .contains("se_reduction: must be greater than zero")
+    );
+
+    // Errors of a block's configuration name the block, by its PyTorch name.
+    let err = config_error(
+        ResNetIbnConfig::new(BlockKind::Bottleneck, vec![1, 1, 1, 1])
+            .with_widths(vec![8, 16, 32, 64])
+            .with_se_reduction(Some(64))
+            .init(&d),
+    );
+    assert!(
+        err.contains("layer1.0.se.reduction: 32 channels / reduction 64"),
+        "{err}"
+    );
+    let err = config_error(
+        ResNetIbnConfig::new(BlockKind::Basic, vec![1, 1, 1, 1])
+            .with_widths(vec![1, 16, 32, 64])
+            .init(&d),
+    );
+    assert!(
+        err.contains("layer1.0.bn1.ratio: ratio 0.5 on 1 channels"),
+        "{err}"
+    );
+    let err = config_error(
+        DenseNetIbnConfig::new(vec![2, 2])
+            .with_ibn(vec![false, true])
+            .with_ibn_ratio(0.99)
+            .init(&d),
+    );
+    assert!(
+        err.contains("features.denseblock2.denselayer1.norm1.ratio"),
+        "{err}"
+    );
+    // An inconsistent configuration still answers `num_features` (validation says why).
+    assert_eq!(
+        DenseNetIbnConfig::new(vec![6, 12, 24, 16, 8]).num_features(),
+        DenseNetIbnConfig::new(vec![6, 12, 24, 16, 8])
+            .with_ibn(vec![true; 5])
+            .num_features()
+    );
 }
 
 #[test]
@@ -104,6 +148,28 @@ fn tiny() -> ResNetIbnConfig {
 }
 
 #[test]
+fn stem_pool_output_sizes_are_the_pools() {
+    let d = cpu();
+    for stem_pool in [StemPool::Padded, StemPool::Ceil] {
+        let model = tiny().with_stem_pool(stem_pool).init(&d).unwrap();
+        for size in 3..24 {
+            let x = Tensor::<4>::zeros([1, 1, size, size + 1], &d);
+            let [_, _, h, w] = model.maxpool.forward(x).dims();
+            assert_eq!(
+                (stem_pool.output(size), stem_pool.output(size + 1)),
+                (Some(h), Some(w)),
+                "{stem_pool:?} at {size}x{}",
+                size + 1
+            );
+        }
+    }
+    assert_eq!(StemPool::Ceil.output(2), None);
+    assert_eq!(StemPool::Padded.output(0), None);
+    assert_eq!(StemPool::Ceil.output(33), Some(16));
+    assert_eq!(StemPool::Padded.output(33), Some(17));
+}
+
+#[test]
 fn invalid_inputs_are_rejected_with_a_reason() {
     let d = cpu();
     let model = tiny().init(&d).unwrap();
@@ -120,7 +186,11 @@ fn invalid_inputs_are_rejected_with_a_reason() {
 
     let x = Tensor::<4>::random([1, 1, 32, 32], Distribution::Default, &d);
     assert!(matches!(
-        model.try_forward(x),
+        model.try_forward(x.clone()),
+        Err(IbnError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        model.forward_intermediates(x, &[0]),
         Err(IbnError::InvalidInput(_))
     ));
 

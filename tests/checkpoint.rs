@@ -5,7 +5,7 @@ mod common;
 use burn::tensor::{Distribution, Tensor};
 use common::*;
 use ibn_net::IbnError;
-use ibn_net::model::{Backbone, BlockKind, IbnNet};
+use ibn_net::model::{Backbone, BlockKind, IbnNet, ResNetIbnConfig};
 use ibn_net::npy::NpyArray;
 use ibn_net::weights::{Strictness, load_file, named_tensors, save_file};
 
@@ -27,6 +27,12 @@ fn every_checkpoint_format_loads_and_matches_pytorch() {
             let model = net_config(net).init(&device).unwrap();
             let (model, report) = model.load_pytorch(&path, Strictness::Strict).unwrap();
             assert!(report.is_exact(), "{net}{file}: {report}");
+            let prefix = if file.starts_with(".wrapped") {
+                "state_dict.module."
+            } else {
+                ""
+            };
+            assert_eq!(report.prefix, prefix, "{net}{file}");
             assert_eq!(
                 report.loaded.len(),
                 named_tensors(&model, model.keys()).len(),
@@ -99,20 +105,96 @@ fn strict_loading_reports_every_mismatch_by_pytorch_name() {
             .any(|k| k == "layer1.0.bn1.IN.weight"),
         "{report}"
     );
+    assert!(report.loaded.is_empty(), "{report}");
+}
+
+/// A checkpoint as fast-reid's trainer writes it: the backbone under `model.backbone.`, beside
+/// a re-identification head, pixel statistics, optimizer and scheduler state; its backbone
+/// pools the stem without padding, in ceil mode (`StemPool::Ceil`).
+#[test]
+fn fast_reid_checkpoints_load_their_backbone_and_match_pytorch() {
+    let device = cpu();
+    let net = "net_fastreid_a";
+    let path = fixture(&format!("{net}.fastreid.pth"));
+    let model = net_config(net).init(&device).unwrap();
+    let (model, report) = model.load_pytorch(&path, Strictness::NonStrict).unwrap();
+    assert_eq!(report.prefix, "model.backbone.", "{report}");
+    assert_eq!(
+        report.loaded.len(),
+        named_tensors(&model, model.keys()).len(),
+        "{report}"
+    );
     assert!(
-        report.loaded.is_empty()
-            || report
-                .loaded
-                .iter()
-                .all(|k| k == "fc.bias" || k == "fc.weight" || k == "classifier.bias")
+        report.missing.is_empty() && report.mismatched.is_empty(),
+        "{report}"
+    );
+    for outside in [
+        "model.heads.weight",
+        "model.pixel_mean",
+        "model.heads.bottleneck.0.running_var",
+    ] {
+        assert!(
+            report.unexpected.iter().any(|n| n == outside),
+            "{outside}: {report}"
+        );
+    }
+    assert!(
+        report.summary().contains("(names under `model.backbone.`)"),
+        "{}",
+        report.summary()
+    );
+    let x = tensor_from_npy(&format!("{net}.input.npy"), &device);
+    let reference = NpyArray::read(fixture(&format!("{net}.eval.npy"))).unwrap();
+    assert_close(
+        net,
+        &model.forward_features(x.clone()).into_data(),
+        &reference,
+        TOL,
+    );
+
+    // With the authors' padded stem pool the same weights give another map (17x16, not 16x15).
+    let padded = ResNetIbnConfig::new(BlockKind::Basic, vec![1, 1, 1, 1])
+        .with_widths(vec![8, 16, 24, 32])
+        .with_stem_width(8)
+        .with_num_classes(0)
+        .with_last_stride(1);
+    let (padded, _) = IbnNet::ResNet(padded.init(&device).unwrap())
+        .load_pytorch(&path, Strictness::NonStrict)
+        .unwrap();
+    assert_eq!(padded.forward_features(x).dims(), [2, 32, 5, 4]);
+
+    // Strict loading names what else the file holds.
+    let err = net_config(net)
+        .init(&device)
+        .unwrap()
+        .load_pytorch(&path, Strictness::Strict)
+        .unwrap_err();
+    assert!(err.to_string().contains("model.heads.weight"), "{err}");
+}
+
+#[test]
+fn a_file_with_nothing_for_the_model_is_an_error_even_when_not_strict() {
+    // A ResNet checkpoint into a DenseNet: not one tensor fits.
+    let dense = net_config("net_densenet_a").init(&cpu()).unwrap();
+    let err = dense
+        .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::NonStrict)
+        .unwrap_err();
+    let IbnError::CheckpointMismatch { report, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(report.loaded.is_empty(), "{report}");
+    assert!(
+        report
+            .unexpected
+            .iter()
+            .any(|n| n == "layer1.0.conv1.weight"),
+        "{report}"
     );
 }
 
 #[test]
 fn non_strict_loading_fills_what_fits_and_says_what_did_not() {
-    // A backbone without classifier (as fast-reid saves them) into a model with one.
-    let mut with_head = fresh();
-    with_head.reset_classifier(10, &cpu());
+    // A checkpoint with a classifier into a backbone without one: the head is unexpected.
     let mut headless = fresh();
     headless.reset_classifier(0, &cpu());
     let (headless, report) = headless

@@ -238,14 +238,24 @@ fn reference(c: &Case, x: &[f64], w: &[f64], b: Option<&[f64]>, dy: &[f64]) -> R
 fn assert_close(what: &str, ours: &TensorData, reference: &[f64]) {
     let ours = values(ours);
     assert_eq!(ours.len(), reference.len(), "{what}: length");
+    // NaN anywhere makes `err` NaN, which fails the comparison below.
+    let nan_max = |m: f64, v: f64| {
+        if m.is_nan() || v.is_nan() {
+            f64::NAN
+        } else {
+            m.max(v)
+        }
+    };
     let scale = reference
         .iter()
-        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .map(|v| v.abs())
+        .fold(0.0, nan_max)
         .max(1e-12);
     let err = ours
         .iter()
         .zip(reference)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, nan_max);
     assert!(
         err <= TOL * scale,
         "{what}: max error {err:e} > {TOL:e} x {scale:e}"

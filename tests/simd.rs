@@ -91,15 +91,8 @@ fn compare(what: &[&str], ours: &[Vec<f32>], reference: &[Vec<f32>], exact: bool
                 .count();
             assert_eq!(diff, 0, "{what} {at}: {diff} values differ");
         } else {
-            let scale = b
-                .iter()
-                .fold(0.0f32, |m, v| m.max(v.abs()))
-                .max(f32::MIN_POSITIVE);
-            let worst = a
-                .iter()
-                .zip(b)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let scale = max_or_nan(b.iter().map(|v| v.abs())).max(f32::MIN_POSITIVE);
+            let worst = max_or_nan(a.iter().zip(b).map(|(a, b)| (a - b).abs()));
             assert!(
                 worst <= 1e-4 * scale,
                 "{what} {at}: off by {worst} (scale {scale})"

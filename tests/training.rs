@@ -112,11 +112,9 @@ fn wgpu_gradients_match_the_cpu() {
     );
     assert_eq!(ours.len(), expected.len(), "parameters with a gradient");
     for (i, (ours, expected)) in ours.iter().zip(&expected).enumerate() {
-        let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let err = ours
-            .iter()
-            .zip(expected)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert_eq!(ours.len(), expected.len(), "parameter {i}: length");
+        let scale = max_or_nan(expected.iter().map(|v| v.abs()));
+        let err = max_or_nan(ours.iter().zip(expected).map(|(a, b)| (a - b).abs()));
         assert!(
             err <= 1e-3 * scale,
             "parameter {i} ({} values): max error {err:e}, largest gradient {scale:e}",

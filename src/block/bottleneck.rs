@@ -80,7 +80,8 @@ impl BottleneckConfig {
             Some(reduction) => Some(
                 SqueezeExcitationConfig::new(out)
                     .with_reduction(reduction)
-                    .init(device)?,
+                    .init(device)
+                    .map_err(|e| e.within("se"))?,
             ),
             None => None,
         };

@@ -56,7 +56,8 @@ impl DenseLayerConfig {
             Norm2d::Ibn(
                 IbnConfig::dense(self.in_channels)
                     .with_ratio(self.ibn_ratio)
-                    .init(device)?,
+                    .init(device)
+                    .map_err(|e| e.within("norm1"))?,
             )
         } else {
             Norm2d::Batch(BatchNorm2dConfig::new(self.in_channels).init(device))
@@ -134,6 +135,7 @@ impl DenseBlockConfig {
                     .with_ibn(self.ibn_every.is_some_and(|every| i % every == 0))
                     .with_ibn_ratio(self.ibn_ratio)
                     .init(device)
+                    .map_err(|e| e.within(&format!("denselayer{}", i + 1)))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(DenseBlock { layers })

@@ -71,7 +71,12 @@ pub(crate) fn first_norm(
     device: &Device,
 ) -> Result<Norm2d> {
     Ok(match ibn {
-        IbnMode::A => Norm2d::Ibn(IbnConfig::new(channels).with_ratio(ratio).init(device)?),
+        IbnMode::A => Norm2d::Ibn(
+            IbnConfig::new(channels)
+                .with_ratio(ratio)
+                .init(device)
+                .map_err(|e| e.within("bn1"))?,
+        ),
         _ => Norm2d::Batch(BatchNorm2dConfig::new(channels).init(device)),
     })
 }

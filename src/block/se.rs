@@ -35,11 +35,11 @@ impl SqueezeExcitationConfig {
     /// # Errors
     /// When `channels / reduction` is zero.
     pub fn init(&self, device: &Device) -> Result<SqueezeExcitation> {
-        check_positive("se reduction", self.reduction)?;
+        check_positive("reduction", self.reduction)?;
         let hidden = self.channels / self.reduction;
         if hidden == 0 {
             return Err(IbnError::config(
-                "se reduction",
+                "reduction",
                 format!(
                     "{} channels / reduction {} leaves no hidden unit",
                     self.channels, self.reduction

@@ -511,6 +511,7 @@ mod tests {
     /// Max pooling's input gradient straight from its definition: each output's gradient
     /// added at its window's first maximum (a later value only when larger, or NaN: the last
     /// NaN), as burn's max pooling with indices.
+    #[cfg(feature = "autodiff")]
     fn direct_grad(x: &[f32], dy: &[f32], planes: usize, g: &PoolGeometry) -> Vec<f32> {
         let ([h, w], [oh, ow]) = (g.input, g.output());
         let mut dx = vec![0.0f32; x.len()];

@@ -61,7 +61,12 @@ impl DenseNetIbnConfig {
         for (i, &layers) in self.block_config.iter().enumerate() {
             let block = DenseBlockConfig::new(layers, channels, self.growth_rate)
                 .with_bn_size(self.bn_size)
-                .with_ibn_every(self.ibn[i].then_some(self.ibn_every))
+                .with_ibn_every(
+                    self.ibn
+                        .get(i)
+                        .is_some_and(|&on| on)
+                        .then_some(self.ibn_every),
+                )
                 .with_ibn_ratio(self.ibn_ratio);
             channels = block.out_channels();
             blocks.push(block);
@@ -129,11 +134,19 @@ impl DenseNetIbnConfig {
                 .init(),
             blocks: blocks
                 .iter()
-                .map(|b| b.init(device))
+                .enumerate()
+                .map(|(i, b)| {
+                    b.init(device)
+                        .map_err(|e| e.within(&format!("features.denseblock{}", i + 1)))
+                })
                 .collect::<Result<_>>()?,
             transitions: transitions
                 .iter()
-                .map(|t| t.init(device))
+                .enumerate()
+                .map(|(i, t)| {
+                    t.init(device)
+                        .map_err(|e| e.within(&format!("features.transition{}", i + 1)))
+                })
                 .collect::<Result<_>>()?,
             norm5: BatchNorm2dConfig::new(channels).init(device),
             classifier: classifier(channels, self.num_classes, device),
@@ -211,6 +224,7 @@ impl Backbone for DenseNetIbn {
 
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>> {
         let deepest = check_indices(indices, self.blocks.len() + 1)?;
+        self.validate_input(&input.dims())?;
         let stem = self.stem(input);
         let mut maps = vec![stem.clone()];
         if deepest > 0 {

@@ -12,8 +12,9 @@ pub struct FeatureInfo {
     pub module: String,
     /// Channels of the map.
     pub channels: usize,
-    /// Total stride relative to the input (the map is `H / reduction x W / reduction`,
-    /// rounded up).
+    /// Total stride relative to the input: the map is about `H / reduction x W / reduction`
+    /// (exactly so for sizes divisible by it; otherwise each layer's padding decides the
+    /// rounding: up in the ResNets' strided convolutions, down in DenseNet's transitions).
     pub reduction: usize,
 }
 
@@ -38,8 +39,13 @@ pub trait Backbone {
     /// The feature maps of the entries of [`feature_info`](Self::feature_info) listed in
     /// `indices` (in the order given), computing only as far as the deepest one.
     ///
+    /// # Shapes
+    /// - `input`: `[N, C_in, H, W]`
+    /// - maps: `[N, channels, H', W']` per [`FeatureInfo`] entry
+    ///
     /// # Errors
-    /// An index past the last entry.
+    /// [`IbnError::InvalidInput`] for an index past the last entry, or an input that
+    /// [`validate_input`](Self::validate_input) rejects.
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>>;
 
     /// Channels and stride of every feature map [`forward_intermediates`](Self::forward_intermediates)

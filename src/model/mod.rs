@@ -10,4 +10,4 @@ mod resnet;
 pub use densenet::{DenseNetIbn, DenseNetIbnConfig};
 pub use features::{Backbone, FeatureInfo};
 pub use registry::*;
-pub use resnet::{BlockKind, ResBlock, ResNetIbn, ResNetIbnConfig, block_ibn};
+pub use resnet::{BlockKind, ResBlock, ResNetIbn, ResNetIbnConfig, StemPool, block_ibn};

@@ -38,6 +38,39 @@ impl BlockKind {
     }
 }
 
+/// The max-pool after the stem convolution: 3x3, stride 2, with one of two paddings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StemPool {
+    /// Padding 1, output size rounded down: the authors' release and torchvision.
+    #[default]
+    Padded,
+    /// No padding, output size rounded up (PyTorch's `ceil_mode`): fast-reid's backbones.
+    /// The windows sit one pixel to the right of [`Padded`](Self::Padded)'s, so weights
+    /// trained with one give other outputs with the other.
+    Ceil,
+}
+
+impl StemPool {
+    /// Output size of the pool along an axis of `size` values; `None` when no window fits.
+    pub fn output(self, size: usize) -> Option<usize> {
+        match self {
+            Self::Padded => conv_out(size, 3, 2, 1),
+            // Ceil mode lets the last window run past the input as long as it starts inside
+            // it, which without padding every window counted here does.
+            Self::Ceil => size.checked_sub(3).map(|rest| rest.div_ceil(2) + 1),
+        }
+    }
+
+    fn init(self) -> MaxPool2d {
+        let config = MaxPool2dConfig::new([3, 3]).with_strides([2, 2]);
+        match self {
+            Self::Padded => config.with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            Self::Ceil => config.with_ceil_mode(true),
+        }
+        .init()
+    }
+}
+
 /// The IBN variant of block `index` of a stage of `blocks` blocks configured as `stage`.
 ///
 /// This is the single place where IBN placement is decided:
@@ -56,8 +89,8 @@ pub fn block_ibn(stage: IbnMode, index: usize, blocks: usize) -> IbnMode {
 /// cardinality, squeeze-excitation, last stride and head.
 ///
 /// The stem is the 7x7/2 convolution, a norm (instance norm when the first stage is IBN-b,
-/// batch norm otherwise), ReLU and a 3x3/2 max-pool. Stage `i` has stride 1 (first), 2
-/// (middle) or `last_stride` (last).
+/// batch norm otherwise), ReLU and a 3x3/2 max-pool ([`StemPool`]). Stage `i` has stride 1
+/// (first), 2 (middle) or `last_stride` (last).
 ///
 /// ```
 /// use ibn_net::block::IbnMode;
@@ -98,6 +131,9 @@ pub struct ResNetIbnConfig {
     /// Stride of the last stage (1 for re-identification backbones).
     #[config(default = 2)]
     pub last_stride: usize,
+    /// Padding of the stem's max-pool ([`StemPool::Ceil`] for fast-reid's weights).
+    #[config(default = "StemPool::Padded")]
+    pub stem_pool: StemPool,
     /// Classes of the linear classifier; 0 for no classifier.
     #[config(default = 1000)]
     pub num_classes: usize,
@@ -168,6 +204,12 @@ impl ResNetIbnConfig {
         check_positive("last_stride", self.last_stride)?;
         check_positive("cardinality", self.cardinality)?;
         check_positive("base_width", self.base_width)?;
+        if self.se_reduction == Some(0) {
+            return Err(IbnError::config(
+                "se_reduction",
+                "must be greater than zero",
+            ));
+        }
         if self.block == BlockKind::Basic && (self.cardinality != 1 || self.base_width != 64) {
             return Err(IbnError::config(
                 "cardinality",
@@ -238,17 +280,18 @@ impl ResNetIbnConfig {
             for index in 0..blocks {
                 let config = self.block_config(stage, index, in_channels);
                 in_channels = config.out_channels();
-                stage_blocks.push(config.init(device)?);
+                stage_blocks.push(
+                    config
+                        .init(device)
+                        .map_err(|e| e.within(&format!("layer{}.{index}", stage + 1)))?,
+                );
             }
             layers.push(stage_blocks);
         }
         Ok(ResNetIbn {
             conv1: conv(self.in_channels, self.stem_width, 7, 2, 1, device),
             bn1: stem_norm,
-            maxpool: MaxPool2dConfig::new([3, 3])
-                .with_strides([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(),
+            maxpool: self.stem_pool.init(),
             layers,
             fc: classifier(self.num_features(), self.num_classes, device),
             config: self.clone(),
@@ -349,6 +392,7 @@ impl Backbone for ResNetIbn {
 
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>> {
         let deepest = check_indices(indices, self.layers.len() + 1)?;
+        self.validate_input(&input.dims())?;
         let mut maps = Vec::with_capacity(deepest + 1);
         let stem = self.stem(input);
         maps.push(stem.clone());
@@ -406,8 +450,8 @@ impl Backbone for ResNetIbn {
             check_instance_norm("the stem norm `bn1`", h, w, dims)?;
         }
         let (mut h, mut w) = (
-            conv_out(h, 3, 2, 1).ok_or_else(too_small)?,
-            conv_out(w, 3, 2, 1).ok_or_else(too_small)?,
+            c.stem_pool.output(h).ok_or_else(too_small)?,
+            c.stem_pool.output(w).ok_or_else(too_small)?,
         );
         for (i, &blocks) in c.layers.iter().enumerate() {
             let stride = c.stage_stride(i);

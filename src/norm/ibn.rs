@@ -46,7 +46,7 @@ impl IbnConfig {
     pub fn sections(&self) -> Result<(usize, usize)> {
         if !(self.ratio > 0.0 && self.ratio < 1.0) {
             return Err(IbnError::config(
-                "ibn ratio",
+                "ratio",
                 format!("must lie in (0, 1), got {}", self.ratio),
             ));
         }
@@ -65,7 +65,7 @@ impl IbnConfig {
         };
         if instance == 0 || batch == 0 {
             return Err(IbnError::config(
-                "ibn ratio",
+                "ratio",
                 format!(
                     "ratio {} on {planes} channels leaves {instance} IN and {batch} BN channels; \
                      both sections must be non-empty",

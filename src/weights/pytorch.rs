@@ -1,6 +1,6 @@
 //! Loading PyTorch checkpoints (`.pth` / `.pt`: zip or legacy format, plain or wrapped).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use burn::module::Module;
@@ -22,16 +22,31 @@ pub enum Strictness {
     NonStrict,
 }
 
-/// Prefixes that training wrappers put in front of every name.
-const WRAPPER_PREFIXES: [&str; 2] = ["state_dict.", "module."];
-
-fn strip_wrappers(mut name: &str) -> &str {
-    for prefix in WRAPPER_PREFIXES {
-        if let Some(rest) = name.strip_prefix(prefix) {
-            name = rest;
+/// The prefix in front of the model's tensor names in a checkpoint: the `.`-terminated
+/// leading part of the file's names (or none) under which the most names, with it removed,
+/// are tensors of the model; of equally good ones, the shortest. Training code wraps the
+/// network's `state_dict` in several ways: `{"state_dict": ...}`, DataParallel's `module.`,
+/// fast-reid's `{"model": ...}` around a model whose backbone is `backbone.`
+/// (`model.backbone.`), reid-strong-baseline's `base.`. Returns the prefix and the number of
+/// names it matches.
+fn detect_prefix<'a>(
+    names: impl Iterator<Item = &'a str> + Clone,
+    model: &HashSet<String>,
+    keys: &KeyMap,
+) -> (&'a str, usize) {
+    let mut matches: HashMap<&'a str, usize> = HashMap::new();
+    for name in names {
+        let ends = std::iter::once(0).chain(name.match_indices('.').map(|(i, _)| i + 1));
+        for end in ends {
+            if model.contains(&keys.to_ours(&name[end..])) {
+                *matches.entry(&name[..end]).or_default() += 1;
+            }
         }
     }
-    name
+    matches
+        .into_iter()
+        .max_by(|(a, m), (b, n)| m.cmp(n).then(b.len().cmp(&a.len())).then(b.cmp(a)))
+        .unwrap_or(("", 0))
 }
 
 fn read_error(path: &Path, reason: impl ToString) -> IbnError {
@@ -43,15 +58,19 @@ fn read_error(path: &Path, reason: impl ToString) -> IbnError {
 
 /// Loads a PyTorch checkpoint into `module`, translating names with `keys`.
 ///
-/// Accepts a plain `state_dict`, a `{"state_dict": ...}` wrapper, names prefixed with
-/// `module.` (DataParallel), in zip or legacy (pre-1.6) format. `num_batches_tracked` is
-/// ignored. The module is returned only on success; on a strict mismatch it is dropped, so
-/// a checkpoint never half-loads silently.
+/// Accepts a plain `state_dict` or one wrapped by training code, in zip or legacy (pre-1.6)
+/// format: the model's names may sit under a common prefix, such as `state_dict.`,
+/// DataParallel's `module.`, fast-reid's `model.backbone.` or reid-strong-baseline's `base.`,
+/// which is found by matching the file's names against the model's and reported in
+/// [`LoadReport::prefix`]; names outside it (a re-identification head, optimizer state) are
+/// reported as unexpected. `num_batches_tracked` is ignored. The module is returned only on
+/// success; on a mismatch it is dropped, so a checkpoint never half-loads silently.
 ///
 /// # Errors
 /// - [`IbnError::CheckpointRead`]: the file is missing, truncated or not a PyTorch checkpoint;
-/// - [`IbnError::CheckpointMismatch`] (strict only): the report of missing, unexpected and
-///   mis-shaped tensors, by PyTorch name.
+/// - [`IbnError::CheckpointMismatch`]: the report of missing, unexpected and mis-shaped
+///   tensors, by PyTorch name, when the load is strict and the file does not match exactly,
+///   or, strict or not, when not one tensor of the file fits the model.
 pub fn load_pytorch<M: Module>(
     mut module: M,
     path: impl AsRef<Path>,
@@ -68,13 +87,27 @@ pub fn load_pytorch<M: Module>(
         return Err(read_error(path, "the file holds no tensors"));
     }
 
+    let model: HashSet<String> = module
+        .collect(None, None, true)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let names = tensors
+        .keys()
+        .map(String::as_str)
+        .filter(|n| !n.ends_with("num_batches_tracked"));
+    let (prefix, _) = detect_prefix(names.clone(), &model, keys);
+    let mut outside = Vec::new();
     let mut torch_name_of: HashMap<String, String> = HashMap::new();
     let mut renamed = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
-        let torch = strip_wrappers(name);
-        if torch.ends_with("num_batches_tracked") {
+        if name.ends_with("num_batches_tracked") {
             continue;
         }
+        let Some(torch) = name.strip_prefix(prefix) else {
+            outside.push(name.clone());
+            continue;
+        };
         let ours = keys.to_ours(torch);
         torch_name_of.insert(ours.clone(), torch.to_string());
         let mut tensor = tensor.clone();
@@ -97,8 +130,14 @@ pub fn load_pytorch<M: Module>(
             .iter()
             .map(|(n, _)| keys.to_torch(n))
             .collect(),
-        unexpected: result.unused.iter().map(|n| torch_name(n)).collect(),
+        unexpected: result
+            .unused
+            .iter()
+            .map(|n| torch_name(n))
+            .chain(outside)
+            .collect(),
         mismatched: Vec::new(),
+        prefix: prefix.to_string(),
     };
     for error in &result.errors {
         match error {
@@ -135,7 +174,7 @@ pub fn load_pytorch<M: Module>(
     report.unexpected.sort();
     report.mismatched.sort_by(|a, b| a.name.cmp(&b.name));
 
-    if strictness == Strictness::Strict && !report.is_exact() {
+    if (strictness == Strictness::Strict && !report.is_exact()) || report.loaded.is_empty() {
         return Err(IbnError::CheckpointMismatch {
             path: path.to_path_buf(),
             report,

@@ -16,6 +16,10 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
     /// Tensors present on both sides with different shapes (left as initialised).
     pub mismatched: Vec<ShapeMismatch>,
+    /// The prefix the file puts in front of the model's names (removed before matching;
+    /// empty for a plain `state_dict`), e.g. `module.` or fast-reid's `model.backbone.`. The
+    /// other lists name tensors under it without it, and the file's other tensors in full.
+    pub prefix: String,
 }
 
 /// A tensor whose shape in the file differs from the model's.
@@ -40,6 +44,9 @@ impl LoadReport {
     /// One line: the counts, and the first problem of each kind.
     pub fn summary(&self) -> String {
         let mut parts = vec![format!("{} loaded", self.loaded.len())];
+        if !self.prefix.is_empty() {
+            parts[0] += &format!(" (names under `{}`)", self.prefix);
+        }
         if let Some(first) = self.missing.first() {
             parts.push(format!("{} missing (e.g. {first})", self.missing.len()));
         }
@@ -65,6 +72,13 @@ impl LoadReport {
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "  loaded: {} tensors", self.loaded.len())?;
+        if !self.prefix.is_empty() {
+            writeln!(
+                f,
+                "  the model's names are under `{}` in the file",
+                self.prefix
+            )?;
+        }
         let list = |f: &mut fmt::Formatter<'_>, title: &str, names: &[String]| -> fmt::Result {
             if !names.is_empty() {
                 writeln!(f, "  {title} ({}): {}", names.len(), names.join(", "))?;

@@ -10,7 +10,10 @@ use ibn_net::block::{
     BasicBlock, BasicBlockConfig, Bottleneck, BottleneckConfig, DenseLayer, DenseLayerConfig,
     IbnMode, Transition, TransitionConfig,
 };
-use ibn_net::model::{Backbone, BlockKind, DenseNetIbnConfig, IbnNet, NetConfig, ResNetIbnConfig};
+use ibn_net::device::device_from_name;
+use ibn_net::model::{
+    Backbone, BlockKind, DenseNetIbnConfig, IbnNet, NetConfig, ResNetIbnConfig, StemPool,
+};
 use ibn_net::norm::{Ibn, IbnConfig, InstanceNorm2d, InstanceNorm2dConfig};
 use ibn_net::npy::NpyArray;
 use ibn_net::weights::{
@@ -33,8 +36,14 @@ pub fn fixture(name: &str) -> PathBuf {
     checkout().join("tests/fixtures").join(name)
 }
 
+/// The CPU device the tests run on: flex, or ndarray in builds without flex.
 pub fn cpu() -> Device {
-    Device::flex()
+    let name = if cfg!(feature = "flex") {
+        "flex"
+    } else {
+        "ndarray"
+    };
+    device_from_name(name).expect("the tests need the flex or ndarray feature")
 }
 
 pub fn tensor_from_npy(path: &str, device: &Device) -> Tensor<4> {
@@ -51,19 +60,25 @@ pub fn npy_of(data: &TensorData) -> NpyArray {
     }
 }
 
-/// Max abs difference relative to max |reference|; panics with context over `tol`.
+/// The largest of `values`, or NaN when any is NaN (`f32::max` would skip it).
+pub fn max_or_nan(values: impl IntoIterator<Item = f32>) -> f32 {
+    values.into_iter().fold(0f32, |m, v| {
+        if m.is_nan() || v.is_nan() {
+            f32::NAN
+        } else {
+            m.max(v)
+        }
+    })
+}
+
+/// Max abs difference relative to max |reference|; panics with context over `tol`, and on any
+/// NaN on either side (which fails every comparison).
 pub fn assert_close(what: &str, ours: &TensorData, reference: &NpyArray, tol: f32) -> f32 {
     assert_eq!(ours.shape().to_vec(), reference.shape, "{what}: shape");
     let ours = ours.try_to_vec::<f32>().unwrap();
-    let scale = reference
-        .data
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(1e-12);
-    let err = ours
-        .iter()
-        .zip(&reference.data)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert_eq!(ours.len(), reference.data.len(), "{what}: length");
+    let scale = max_or_nan(reference.data.iter().map(|v| v.abs())).max(1e-12);
+    let err = max_or_nan(ours.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()));
     let rel = err / scale;
     assert!(
         rel <= tol,
@@ -100,6 +115,10 @@ pub fn net_config(name: &str) -> NetConfig {
         "net_reid_a" => small_resnet(Basic, vec![1, 1, 1, 1], basic())
             .with_num_classes(0)
             .with_last_stride(1),
+        "net_fastreid_a" => small_resnet(Basic, vec![1, 1, 1, 1], basic())
+            .with_num_classes(0)
+            .with_last_stride(1)
+            .with_stem_pool(StemPool::Ceil),
         "net_densenet_a" => {
             return NetConfig::DenseNet(
                 DenseNetIbnConfig::new(vec![4, 2, 2, 2])
@@ -240,7 +259,8 @@ impl Case {
                 let model = net_config(net).init(d).unwrap();
                 let keys = net_keys(&model);
                 let model = load(model, file, keys);
-                Case::Net(model, net == "net_reid_a")
+                let headless = model.num_classes() == 0;
+                Case::Net(model, headless)
             }
         }
     }
@@ -297,4 +317,5 @@ pub const CASES: &[&str] = &[
     "net_se_resnet_a",
     "net_densenet_a",
     "net_reid_a",
+    "net_fastreid_a",
 ];
