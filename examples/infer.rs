@@ -23,6 +23,10 @@ use ibn_net::model::{Backbone, IbnNet, ModelInfo, model_info};
 use ibn_net::npy::NpyArray;
 use ibn_net::weights::{Strictness, load_file, save_file};
 
+const USAGE: &str = "usage: infer --model NAME [--weights FILE] (--input X.npy --output Y.npy \
+                     [--features] | --image FILE... [--labels FILE] [--top K] | --save FILE.bpk) \
+                     [--device NAME]";
+
 #[derive(Default)]
 struct Args {
     model: Option<String>,
@@ -71,9 +75,8 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "-h" | "--help" => {
-                return Err("usage: infer --model NAME [--weights FILE] (--input X.npy --output Y.npy [--features] | \
-                            --image FILE... [--labels FILE] [--top K] | --save FILE.bpk) [--device NAME]"
-                    .into());
+                println!("{USAGE}");
+                std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }

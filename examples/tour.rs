@@ -2,7 +2,7 @@
 //! metadata and feature maps, and one forward pass of a custom re-ID backbone.
 //!
 //! ```text
-//! cargo run --release --example tour [-- --device flex|ndarray|wgpu] [--forward]
+//! cargo run --release --example tour [-- [--device flex|ndarray|wgpu] [--forward]]
 //! ```
 
 use burn::tensor::{Distribution, Tensor};
@@ -11,6 +11,12 @@ use ibn_net::device::device_from_name;
 use ibn_net::model::{Backbone, BlockKind, MODELS, ResNetIbnConfig};
 use ibn_net::weights::num_parameters;
 
+const USAGE: &str = "usage: tour [--device flex|ndarray|wgpu] [--forward]";
+
+fn usage(problem: &str) -> Box<dyn std::error::Error> {
+    format!("{problem}\n{USAGE}").into()
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e}");
@@ -18,14 +24,23 @@ fn main() {
     }
 }
 
-fn run() -> ibn_net::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let device_name = args
-        .iter()
-        .position(|a| a == "--device")
-        .and_then(|i| args.get(i + 1))
-        .map_or("flex", String::as_str);
-    let forward_all = args.iter().any(|a| a == "--forward");
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let (mut device_name, mut forward_all) = (String::from("flex"), false);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--device" => {
+                device_name = args.next().ok_or_else(|| usage("--device needs a value"))?;
+            }
+            "--forward" => forward_all = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(usage(&format!("unknown argument `{other}`"))),
+        }
+    }
+    let device_name = device_name.as_str();
     let device = device_from_name(device_name)?;
 
     println!(

@@ -47,7 +47,7 @@ pub enum IbnError {
         /// The file.
         path: PathBuf,
         /// Every missing, unexpected and mis-shaped tensor, by its PyTorch name.
-        report: LoadReport,
+        report: Box<LoadReport>,
     },
 
     /// Saving a model failed.

@@ -72,6 +72,8 @@ impl BasicBlockConfig {
 }
 
 impl BasicBlock {
+    /// conv3x3 -> bn1 -> ReLU -> conv3x3 -> bn2 -> add the shortcut -> (IBN-b: IN) -> ReLU.
+    ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, planes, ceil(H / stride), ceil(W / stride)]`

@@ -124,6 +124,9 @@ pub struct Bottleneck {
 }
 
 impl Bottleneck {
+    /// conv1x1 -> bn1 -> ReLU -> conv3x3 -> bn2 -> ReLU -> conv1x1 -> bn3 -> (SE) -> add the
+    /// shortcut -> (IBN-b: IN) -> ReLU.
+    ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, 4 * planes, ceil(H / stride), ceil(W / stride)]`

@@ -72,6 +72,8 @@ impl DenseLayerConfig {
 }
 
 impl DenseLayer {
+    /// norm1 -> ReLU -> conv1x1 -> norm2 -> ReLU -> conv3x3: the layer's new features.
+    ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, growth_rate, H, W]` (the new features only)
@@ -143,6 +145,9 @@ impl DenseBlockConfig {
 }
 
 impl DenseBlock {
+    /// Runs every layer, each on the concatenation of the input and all earlier layers'
+    /// features, and returns that concatenation with the last layer's features.
+    ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, C_in + num_layers * growth_rate, H, W]`
@@ -194,6 +199,8 @@ impl TransitionConfig {
 }
 
 impl Transition {
+    /// norm -> ReLU -> conv1x1 -> 2x2 average pool.
+    ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H / 2, W / 2]`

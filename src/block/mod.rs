@@ -121,6 +121,8 @@ impl Downsample {
         })
     }
 
+    /// The shortcut: the strided 1x1 convolution, then batch norm.
+    ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H / stride, W / stride]`

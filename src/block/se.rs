@@ -58,6 +58,8 @@ impl SqueezeExcitationConfig {
 }
 
 impl SqueezeExcitation {
+    /// Scales each channel of `input` by a gate computed from its global average.
+    ///
     /// # Shapes
     /// - `input`: `[N, C, H, W]`
     /// - output: `[N, C, H, W]`

@@ -98,7 +98,11 @@ impl DenseNetIbnConfig {
         if self.ibn.len() != n {
             return Err(IbnError::config(
                 "ibn",
-                format!("{} IBN flags for {n} blocks", self.ibn.len()),
+                format!(
+                    "{} IBN flags for {n} blocks (the default is for 4 blocks; set one flag per \
+                     block with `with_ibn`)",
+                    self.ibn.len()
+                ),
             ));
         }
         for (i, &layers) in self.block_config.iter().enumerate() {
@@ -174,7 +178,8 @@ pub struct DenseNetIbn {
     pub transitions: Vec<Transition>,
     /// Final batch norm.
     pub norm5: BatchNorm2d,
-    /// Classifier.
+    /// Classifier (`[N, num_features] -> [N, num_classes]`), `None` without one; replace it
+    /// with [`Backbone::reset_classifier`], which keeps [`config`](Self::config) in step.
     pub classifier: Option<Linear>,
     #[module(skip)]
     config: DenseNetIbnConfig,
@@ -256,7 +261,8 @@ impl Backbone for DenseNetIbn {
     }
 
     fn num_classes(&self) -> usize {
-        self.config.num_classes
+        // From the head itself (burn stores linear weights as [in, out]).
+        self.classifier.as_ref().map_or(0, |fc| fc.weight.dims()[1])
     }
 
     fn reset_classifier(&mut self, num_classes: usize, device: &Device) {

@@ -4,6 +4,7 @@
 mod densenet;
 mod features;
 mod fold;
+mod freeze;
 mod registry;
 mod resnet;
 

@@ -186,13 +186,21 @@ impl ResNetIbnConfig {
         if self.widths.len() != n {
             return Err(IbnError::config(
                 "widths",
-                format!("{} widths for {n} stages", self.widths.len()),
+                format!(
+                    "{} widths for {n} stages (the default is for 4 stages; set one width per \
+                     stage with `with_widths`)",
+                    self.widths.len()
+                ),
             ));
         }
         if self.ibn.len() != n {
             return Err(IbnError::config(
                 "ibn",
-                format!("{} IBN choices for {n} stages", self.ibn.len()),
+                format!(
+                    "{} IBN choices for {n} stages (the default is for 4 stages; set one per \
+                     stage with `with_ibn`, `with_ibn_b` or `with_no_ibn`)",
+                    self.ibn.len()
+                ),
             ));
         }
         for (i, (&blocks, &width)) in self.layers.iter().zip(&self.widths).enumerate() {
@@ -332,6 +340,8 @@ pub enum ResBlock {
 }
 
 impl ResBlock {
+    /// Runs the block.
+    ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H / stride, W / stride]`
@@ -357,7 +367,8 @@ pub struct ResNetIbn {
     pub maxpool: MaxPool2d,
     /// Residual stages.
     pub layers: Vec<Vec<ResBlock>>,
-    /// Classifier.
+    /// Classifier (`[N, num_features] -> [N, num_classes]`), `None` without one; replace it
+    /// with [`Backbone::reset_classifier`], which keeps [`config`](Self::config) in step.
     pub fc: Option<Linear>,
     #[module(skip)]
     config: ResNetIbnConfig,
@@ -426,7 +437,8 @@ impl Backbone for ResNetIbn {
     }
 
     fn num_classes(&self) -> usize {
-        self.config.num_classes
+        // From the head itself (burn stores linear weights as [in, out]).
+        self.fc.as_ref().map_or(0, |fc| fc.weight.dims()[1])
     }
 
     fn reset_classifier(&mut self, num_classes: usize, device: &Device) {

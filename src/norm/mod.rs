@@ -30,6 +30,10 @@ pub(crate) fn normalising_affine(
 
 /// PyTorch's running-statistics update: `running = (1 - momentum) * running + momentum * batch`,
 /// with the batch variance made unbiased over `count` values per channel (`count / (count - 1)`).
+///
+/// # Panics
+/// When `count` is 1: one value per channel has no variance to estimate (PyTorch raises
+/// "Expected more than 1 value per channel when training" there).
 pub(crate) fn update_running_stats(
     (running_mean, running_var): (&RunningState<Tensor<1>>, &RunningState<Tensor<1>>),
     batch_mean: Tensor<1>,
@@ -37,12 +41,13 @@ pub(crate) fn update_running_stats(
     count: usize,
     momentum: f64,
 ) {
+    assert!(
+        count > 1,
+        "normalisation in training mode needs more than one value per channel, got {count}: \
+         train with more samples or larger inputs, or evaluate the model with `valid()`"
+    );
     let device = batch_mean.device();
-    let unbiased = if count > 1 {
-        count as f64 / (count - 1) as f64
-    } else {
-        1.0
-    };
+    let unbiased = count as f64 / (count - 1) as f64;
     let blend = |state: &RunningState<Tensor<1>>, batch: Tensor<1>, scale: f64| {
         let value = state
             .value_sync()

@@ -177,7 +177,7 @@ pub fn load_pytorch<M: Module>(
     if (strictness == Strictness::Strict && !report.is_exact()) || report.loaded.is_empty() {
         return Err(IbnError::CheckpointMismatch {
             path: path.to_path_buf(),
-            report,
+            report: Box::new(report),
         });
     }
     Ok((module, report))
