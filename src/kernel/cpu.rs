@@ -1106,7 +1106,11 @@ mod backends {
 
     /// `[N, C]` of an input of shape `[N, C, H, W]` and the pooling of its planes with
     /// `[kernel, stride, padding, dilation]`.
-    fn pool_geometry(shape: &Shape, window: [[usize; 2]; 4]) -> ([usize; 2], PoolGeometry) {
+    fn pool_geometry(
+        shape: &Shape,
+        window: [[usize; 2]; 4],
+        ceil: bool,
+    ) -> ([usize; 2], PoolGeometry) {
         let [n, c, h, w] = dims4(shape);
         let [kernel, stride, padding, dilation] = window;
         let g = PoolGeometry {
@@ -1115,6 +1119,7 @@ mod backends {
             stride,
             padding,
             dilation,
+            ceil,
         };
         ([n, c], g)
     }
@@ -1125,9 +1130,10 @@ mod backends {
         stride: [usize; 2],
         padding: [usize; 2],
         dilation: [usize; 2],
+        ceil: bool,
     ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
-        let ([n, c], g) = pool_geometry(&shape, [kernel, stride, padding, dilation]);
+        let ([n, c], g) = pool_geometry(&shape, [kernel, stride, padding, dilation], ceil);
         let [oh, ow] = g.output();
         let out = B::with_f32(x, |x| max_pool_planes(x, n * c, &g));
         write::<B>(out, Shape::new([n, c, oh, ow]), dtype, &device)
@@ -1143,9 +1149,10 @@ mod backends {
         stride: [usize; 2],
         padding: [usize; 2],
         dilation: [usize; 2],
+        ceil: bool,
     ) -> FloatTensor<B> {
         let (shape, dtype, device) = (x.shape(), x.dtype(), x.device());
-        let ([n, c], g) = pool_geometry(&shape, [kernel, stride, padding, dilation]);
+        let ([n, c], g) = pool_geometry(&shape, [kernel, stride, padding, dilation], ceil);
         let dx = B::with_f32(x, |x| {
             B::with_f32(output, |y| {
                 B::with_f32(grad, |dy| max_pool_backward_planes(x, y, dy, n * c, &g))
@@ -1163,8 +1170,9 @@ mod backends {
                     stride: [usize; 2],
                     padding: [usize; 2],
                     dilation: [usize; 2],
+                    ceil: bool,
                 ) -> FloatTensor<Self> {
-                    max_pool2d_planes::<Self>(x, kernel, stride, padding, dilation)
+                    max_pool2d_planes::<Self>(x, kernel, stride, padding, dilation, ceil)
                 }
 
                 fn max_pool2d_planes_backward(
@@ -1175,9 +1183,10 @@ mod backends {
                     stride: [usize; 2],
                     padding: [usize; 2],
                     dilation: [usize; 2],
+                    ceil: bool,
                 ) -> FloatTensor<Self> {
                     let (k, s, p, d) = (kernel, stride, padding, dilation);
-                    max_pool2d_planes_backward::<Self>(x, output, grad, k, s, p, d)
+                    max_pool2d_planes_backward::<Self>(x, output, grad, k, s, p, d, ceil)
                 }
             }
         };

@@ -515,9 +515,10 @@ impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B
 #[derive(Debug)]
 struct MaxPoolBackward;
 
-/// A max pooling's window: `[kernel, stride, padding, dilation]`, per axis.
+/// A max pooling's window: `[kernel, stride, padding, dilation]`, per axis, and whether its
+/// output size is rounded up.
 #[cfg(any(feature = "flex", feature = "ndarray"))]
-type PoolWindow = [[usize; 2]; 4];
+type PoolWindow = ([[usize; 2]; 4], bool);
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 impl<B: Backend + PoolKernels> Backward<B, 1> for MaxPoolBackward {
@@ -532,10 +533,10 @@ impl<B: Backend + PoolKernels> Backward<B, 1> for MaxPoolBackward {
     ) {
         let [node_x] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, output, [k, s, p, d]) = ops.state;
+        let (x_state, output, ([k, s, p, d], ceil)) = ops.state;
         if let Some(node) = node_x {
             let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
-            let dx = B::max_pool2d_planes_backward(x, output, grad, k, s, p, d);
+            let dx = B::max_pool2d_planes_backward(x, output, grad, k, s, p, d, ceil);
             grads.register::<B>(node.id, dx);
         }
     }
@@ -549,8 +550,9 @@ impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B
         stride: [usize; 2],
         padding: [usize; 2],
         dilation: [usize; 2],
+        ceil: bool,
     ) -> FloatTensor<Self> {
-        let pool = |x| B::max_pool2d_planes(x, kernel, stride, padding, dilation);
+        let pool = |x| B::max_pool2d_planes(x, kernel, stride, padding, dilation, ceil);
         match MaxPoolBackward
             .prepare::<C>([x.node()])
             .compute_bound()
@@ -559,7 +561,7 @@ impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let output = pool(x.into_primitive());
-                let window = [kernel, stride, padding, dilation];
+                let window = ([kernel, stride, padding, dilation], ceil);
                 prep.finish((x_state, output.clone(), window), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(pool(x.into_primitive())),
@@ -574,6 +576,7 @@ impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B
         stride: [usize; 2],
         padding: [usize; 2],
         dilation: [usize; 2],
+        ceil: bool,
     ) -> FloatTensor<Self> {
         // Second derivatives are not provided: the gradient comes out as a constant.
         FloatTensor::<Self>::new(B::max_pool2d_planes_backward(
@@ -584,6 +587,7 @@ impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B
             stride,
             padding,
             dilation,
+            ceil,
         ))
     }
 }

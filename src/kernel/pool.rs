@@ -14,12 +14,14 @@ use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::tensor::Tensor;
 
 /// What `pool.forward(x)` computes (burn's `MaxPool2d`): on flex and ndarray devices (with
-/// autodiff or not), with symmetric explicit padding of at most half the window and
-/// `ceil_mode` off, by this crate's kernel; otherwise by burn's.
+/// autodiff or not), with symmetric explicit padding of at most half the window, by this
+/// crate's kernel; otherwise by burn's.
 ///
 /// # Shapes
 /// - `x`: `[N, C, H, W]`
-/// - output: `[N, C, OH, OW]`, `OH = (H + 2 * pad - dilation * (k - 1) - 1) / stride + 1`
+/// - output: `[N, C, OH, OW]`, `OH = (H + 2 * pad - dilation * (k - 1) - 1) / stride + 1`,
+///   rounded up with `ceil_mode` (less a last window that would start past the input and its
+///   leading padding, as PyTorch)
 pub(crate) fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     if let burn::nn::PaddingConfig2d::Explicit(top, left, bottom, right) = pool.padding {
@@ -30,6 +32,7 @@ pub(crate) fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
             stride: pool.stride,
             padding: [top, left],
             dilation: pool.dilation,
+            ceil: pool.ceil_mode,
         };
         let fits = (0..2).all(|a| {
             g.kernel[a] > 0
@@ -37,13 +40,8 @@ pub(crate) fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
                 && g.input[a] + 2 * g.padding[a] >= g.window(a)
         });
         let device = x.device();
-        if top == bottom
-            && left == right
-            && !pool.ceil_mode
-            && fits
-            && super::conv::on_cpu_backend(&device)
-        {
-            return cpu::max_pool2d(x, g.kernel, g.stride, g.padding, g.dilation);
+        if top == bottom && left == right && fits && super::conv::on_cpu_backend(&device) {
+            return cpu::max_pool2d(x, g.kernel, g.stride, g.padding, g.dilation, g.ceil);
         }
     }
     pool.forward(x)
@@ -107,13 +105,15 @@ pub(super) mod cpu {
     )]
     pub trait PoolKernels: Backend {
         /// Max pooling of `x` `[N, C, H, W]` with windows `kernel`, `stride`, symmetric
-        /// `padding` and `dilation` (per axis); `[N, C, OH, OW]`.
+        /// `padding` and `dilation` (per axis), the output size rounded up when `ceil`;
+        /// `[N, C, OH, OW]`.
         fn max_pool2d_planes(
             x: FloatTensor<Self>,
             kernel: [usize; 2],
             stride: [usize; 2],
             padding: [usize; 2],
             dilation: [usize; 2],
+            ceil: bool,
         ) -> FloatTensor<Self>;
 
         /// Input gradient `[N, C, H, W]` of [`max_pool2d_planes`](Self::max_pool2d_planes)
@@ -130,6 +130,7 @@ pub(super) mod cpu {
             stride: [usize; 2],
             padding: [usize; 2],
             dilation: [usize; 2],
+            ceil: bool,
         ) -> FloatTensor<Self>;
     }
 
@@ -139,6 +140,7 @@ pub(super) mod cpu {
         stride: [usize; 2],
         padding: [usize; 2],
         dilation: [usize; 2],
+        ceil: bool,
     ) -> Tensor<4> {
         Tensor::from_dispatch(<Dispatch as PoolKernels>::max_pool2d_planes(
             x.into_dispatch(),
@@ -146,6 +148,7 @@ pub(super) mod cpu {
             stride,
             padding,
             dilation,
+            ceil,
         ))
     }
 }
@@ -159,6 +162,8 @@ pub(super) struct PoolGeometry {
     pub stride: [usize; 2],
     pub padding: [usize; 2],
     pub dilation: [usize; 2],
+    /// Output size rounded up (`ceil_mode`) rather than down.
+    pub ceil: bool,
 }
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
@@ -168,10 +173,21 @@ impl PoolGeometry {
         self.dilation[axis] * (self.kernel[axis] - 1) + 1
     }
 
-    /// Output size per axis.
+    /// Output size per axis (PyTorch's rule; burn's `calculate_pool_output_size`).
     pub fn output(&self) -> [usize; 2] {
         core::array::from_fn(|a| {
-            (self.input[a] + 2 * self.padding[a] - self.window(a)) / self.stride[a] + 1
+            let (size, pad, stride) = (self.input[a], self.padding[a], self.stride[a]);
+            let room = size + 2 * pad - self.window(a);
+            if !self.ceil {
+                return room / stride + 1;
+            }
+            // Rounded up, less a last window that would start in the trailing padding.
+            let out = room.div_ceil(stride) + 1;
+            if (out - 1) * stride >= size + pad {
+                out - 1
+            } else {
+                out
+            }
         })
     }
 }
@@ -431,29 +447,45 @@ mod tests {
     /// The kernel equals the direct definition exactly (a maximum has no rounding), NaN
     /// included, and burn's `MaxPool2d` on inputs without NaN (burn's ndarray backend does not
     /// propagate NaN).
-    /// Max pooling cases: `(input [H, W], kernel, stride, padding, dilation)`.
-    type Case = ([usize; 2], [usize; 2], [usize; 2], [usize; 2], [usize; 2]);
+    /// Max pooling cases: `(input [H, W], kernel, stride, padding, dilation, ceil_mode)`.
+    type Case = (
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
+        bool,
+    );
 
-    const CASES: [Case; 9] = [
-        ([112, 112], [3, 3], [2, 2], [1, 1], [1, 1]),
-        ([13, 9], [3, 3], [2, 2], [1, 1], [1, 1]),
-        ([8, 8], [2, 2], [2, 2], [0, 0], [1, 1]),
-        ([7, 9], [3, 3], [1, 1], [1, 1], [1, 1]),
-        ([9, 11], [3, 3], [2, 3], [2, 2], [2, 2]),
-        ([6, 10], [3, 2], [2, 1], [1, 1], [1, 1]),
-        ([5, 5], [5, 5], [1, 1], [2, 2], [1, 1]),
-        ([1, 1], [1, 1], [1, 1], [0, 0], [1, 1]),
-        ([4, 17], [1, 3], [1, 4], [0, 1], [1, 1]),
+    const CASES: [Case; 13] = [
+        ([112, 112], [3, 3], [2, 2], [1, 1], [1, 1], false),
+        ([13, 9], [3, 3], [2, 2], [1, 1], [1, 1], false),
+        ([8, 8], [2, 2], [2, 2], [0, 0], [1, 1], false),
+        ([7, 9], [3, 3], [1, 1], [1, 1], [1, 1], false),
+        ([9, 11], [3, 3], [2, 3], [2, 2], [2, 2], false),
+        ([6, 10], [3, 2], [2, 1], [1, 1], [1, 1], false),
+        ([5, 5], [5, 5], [1, 1], [2, 2], [1, 1], false),
+        ([1, 1], [1, 1], [1, 1], [0, 0], [1, 1], false),
+        ([4, 17], [1, 3], [1, 4], [0, 1], [1, 1], false),
+        // Ceil mode: fast-reid's stem (no padding), odd and even sizes, with padding (where
+        // a last window starting in the trailing padding is dropped), strides above 2.
+        ([112, 112], [3, 3], [2, 2], [0, 0], [1, 1], true),
+        ([33, 30], [3, 3], [2, 2], [0, 0], [1, 1], true),
+        ([13, 10], [3, 3], [2, 2], [1, 1], [1, 1], true),
+        ([11, 14], [2, 3], [3, 4], [1, 1], [1, 1], true),
     ];
 
     /// The geometry of a case, burn's pooling module for it and a description.
-    fn case((input, kernel, stride, padding, dilation): Case) -> (PoolGeometry, MaxPool2d, String) {
+    fn case(
+        (input, kernel, stride, padding, dilation, ceil): Case,
+    ) -> (PoolGeometry, MaxPool2d, String) {
         let g = PoolGeometry {
             input,
             kernel,
             stride,
             padding,
             dilation,
+            ceil,
         };
         let pool = MaxPool2dConfig::new(kernel)
             .with_strides(stride)
@@ -461,10 +493,11 @@ mod tests {
                 padding[0], padding[1], padding[0], padding[1],
             ))
             .with_dilation(dilation)
+            .with_ceil_mode(ceil)
             .init();
         let what = format!(
             "max pool {input:?} kernel {kernel:?} stride {stride:?} padding {padding:?} \
-             dilation {dilation:?}"
+             dilation {dilation:?} ceil {ceil}"
         );
         (g, pool, what)
     }
@@ -478,12 +511,12 @@ mod tests {
             }
             for c in CASES {
                 let (g, pool, what) = case(c);
-                let (input, kernel, stride, padding, dilation) = c;
+                let (input, kernel, stride, padding, dilation, ceil) = c;
                 let what = format!("{what} on {name}");
                 let shape = [2, 3, input[0], input[1]];
                 let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
                 let fast = |x: &Tensor<4>| {
-                    super::cpu::max_pool2d(x.clone(), kernel, stride, padding, dilation)
+                    super::cpu::max_pool2d(x.clone(), kernel, stride, padding, dilation, ceil)
                 };
                 assert_eq!(bits(fast(&x)), bits(pool.forward(x.clone())), "{what}");
                 assert_eq!(
