@@ -96,6 +96,12 @@ fn load_model(info: &ModelInfo, weights: Option<&Path>, device: &Device) -> Resu
         eprintln!("warning: no --weights given, using random weights");
         return Ok(model);
     };
+    if !path.is_file() {
+        let hint = info
+            .weights_url()
+            .map_or_else(String::new, |url| format!(" (the released weights: {url})"));
+        return Err(format!("no weights file {}{hint}", path.display()));
+    }
     let is_torch = path
         .extension()
         .is_some_and(|e| e == "pth" || e == "pt" || e == "tar" || e == "bin");

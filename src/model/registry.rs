@@ -85,7 +85,26 @@ impl ModelInfo {
     pub fn init(&self, device: &Device) -> Result<IbnNet> {
         self.config().init(device)
     }
+
+    /// Where the released checkpoint can be downloaded (the authors' v1.0 release), when one
+    /// was released.
+    ///
+    /// ```
+    /// let info = ibn_net::model::model_info("resnet50_ibn_a")?;
+    /// assert_eq!(
+    ///     info.weights_url().as_deref(),
+    ///     Some("https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth")
+    /// );
+    /// # Ok::<(), ibn_net::IbnError>(())
+    /// ```
+    pub fn weights_url(&self) -> Option<String> {
+        self.weights.map(|file| format!("{RELEASE_URL}{file}"))
+    }
 }
+
+/// Where the released checkpoints are published: the file names of [`ModelInfo::weights`]
+/// under it.
+pub const RELEASE_URL: &str = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/";
 
 fn resnet(block: BlockKind, layers: [usize; 4]) -> ResNetIbnConfig {
     ResNetIbnConfig::new(block, layers.to_vec())
