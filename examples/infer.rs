@@ -105,21 +105,24 @@ fn load_model(info: &ModelInfo, weights: Option<&Path>, device: &Device) -> Resu
     let is_torch = path
         .extension()
         .is_some_and(|e| e == "pth" || e == "pt" || e == "tar" || e == "bin");
-    let model = if is_torch {
-        match model.load_pytorch(path, Strictness::Strict) {
-            Ok((model, _)) => model,
-            Err(IbnError::CheckpointMismatch { path, report }) => {
-                return Err(format!(
-                    "checkpoint {} does not fit {}: {}",
-                    path.display(),
-                    info.name,
-                    report.summary()
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    let loaded = if is_torch {
+        model
+            .load_pytorch(path, Strictness::Strict)
+            .map(|(model, _)| model)
     } else {
-        load_file(model, path).map_err(|e| e.to_string())?
+        load_file(model, path)
+    };
+    let model = match loaded {
+        Ok(model) => model,
+        Err(IbnError::CheckpointMismatch { path, report }) => {
+            return Err(format!(
+                "checkpoint {} does not fit {}: {}",
+                path.display(),
+                info.name,
+                report.summary()
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
     };
     Ok(model.valid())
 }

@@ -277,14 +277,33 @@ fn burnpack_and_safetensors_round_trips_are_bit_identical() {
         save_file(&model, &path).unwrap();
         let loaded = load_file(fresh(), &path).unwrap();
         assert_eq!(loaded.forward(x.clone()).into_data(), expected, "{file}");
-        // A file of another architecture is refused.
+        // A file of another architecture is refused, every tensor named by its module path
+        // in the file (enum variants included).
         let other = net_config("net_densenet_a").init(&device).unwrap();
+        let Err(IbnError::CheckpointMismatch { report, .. }) = load_file(other, &path) else {
+            panic!("{file}: a DenseNet took a ResNet's file")
+        };
+        assert!(report.loaded.is_empty(), "{file}: {report}");
         assert!(
-            matches!(
-                load_file(other, &path),
-                Err(IbnError::CheckpointRead { .. })
-            ),
-            "{file}"
+            report.unexpected.iter().any(|n| n == "ResNet.conv1.weight"),
+            "{file}: {report}"
+        );
+        // Another number of classes: only the classifier is mis-shaped (burn's layout).
+        let mut five = fresh();
+        five.reset_classifier(5, &device);
+        let Err(IbnError::CheckpointMismatch { report, .. }) = load_file(five, &path) else {
+            panic!("{file}: a 5-class model took a 10-class file")
+        };
+        let names: Vec<_> = report.mismatched.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ResNet.fc.bias", "ResNet.fc.weight"],
+            "{file}: {report}"
+        );
+        assert_eq!(report.mismatched[1].expected, [32, 5], "{file}: {report}");
+        assert!(
+            report.missing.is_empty() && report.unexpected.is_empty(),
+            "{file}: {report}"
         );
     }
     std::fs::remove_dir_all(&dir).ok();

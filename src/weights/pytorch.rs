@@ -4,10 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use burn::module::Module;
-use burn::store::{ApplyError, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore};
+use burn::store::{ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore};
 
 use super::keymap::KeyMap;
-use super::report::{LoadReport, ShapeMismatch};
+use super::report::LoadReport;
 use crate::error::{IbnError, Result};
 
 /// How strictly a checkpoint must match the model.
@@ -123,56 +123,11 @@ pub fn load_pytorch<M: Module>(
             .unwrap_or_else(|| keys.to_torch(ours))
     };
 
-    let mut report = LoadReport {
-        loaded: result.applied.iter().map(|n| torch_name(n)).collect(),
-        missing: result
-            .missing
-            .iter()
-            .map(|(n, _)| keys.to_torch(n))
-            .collect(),
-        unexpected: result
-            .unused
-            .iter()
-            .map(|n| torch_name(n))
-            .chain(outside)
-            .collect(),
-        mismatched: Vec::new(),
-        prefix: prefix.to_string(),
-    };
-    for error in &result.errors {
-        match error {
-            ApplyError::ShapeMismatch {
-                path: p,
-                expected,
-                found,
-            } => {
-                // Shapes in PyTorch's layout: burn stores linear weights as [in, out].
-                let torch_layout = |shape: &[usize]| match shape {
-                    [a, b] => vec![*b, *a],
-                    other => other.to_vec(),
-                };
-                report.mismatched.push(ShapeMismatch {
-                    name: torch_name(p),
-                    expected: torch_layout(expected),
-                    found: torch_layout(found),
-                })
-            }
-            ApplyError::DTypeMismatch { path: p, .. }
-            | ApplyError::AdapterError { path: p, .. }
-            | ApplyError::LoadError { path: p, .. } => {
-                return Err(read_error(
-                    path,
-                    format!("tensor {}: {error}", torch_name(p)),
-                ));
-            }
-        }
-    }
-    let mismatched: Vec<&str> = report.mismatched.iter().map(|m| m.name.as_str()).collect();
-    report.missing.retain(|n| !mismatched.contains(&n.as_str()));
-    report.loaded.sort();
-    report.missing.sort();
+    let mut report =
+        LoadReport::from_apply(&result, torch_name, true).map_err(|e| read_error(path, e))?;
+    report.unexpected.extend(outside);
     report.unexpected.sort();
-    report.mismatched.sort_by(|a, b| a.name.cmp(&b.name));
+    report.prefix = prefix.to_string();
 
     if (strictness == Strictness::Strict && !report.is_exact()) || report.loaded.is_empty() {
         return Err(IbnError::CheckpointMismatch {

@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-/// The outcome of loading a checkpoint, by PyTorch tensor name.
+use burn::store::{ApplyError, ApplyResult};
+
+/// The outcome of loading a checkpoint, by PyTorch tensor name (by module path for the files
+/// of [`load_file`](super::load_file)).
 ///
 /// A strict load succeeds only when [`LoadReport::is_exact`]; a non-strict load returns this
 /// report so the caller sees what was left at its initial value.
@@ -34,6 +37,56 @@ pub struct ShapeMismatch {
 }
 
 impl LoadReport {
+    /// The report of what burn's `apply` did, each model path reported as `name(path)`, and
+    /// shapes in PyTorch's layout (linear weights `[out, in]`) when `torch_layout`. Lists are
+    /// sorted; a tensor with the wrong shape is reported as mis-shaped only, not missing.
+    ///
+    /// # Errors
+    /// The message of a tensor that could not be read or converted at all.
+    pub(crate) fn from_apply(
+        result: &ApplyResult,
+        name: impl Fn(&str) -> String,
+        torch_layout: bool,
+    ) -> Result<Self, String> {
+        let mut report = LoadReport {
+            loaded: result.applied.iter().map(|n| name(n)).collect(),
+            missing: result.missing.iter().map(|(n, _)| name(n)).collect(),
+            unexpected: result.unused.iter().map(|n| name(n)).collect(),
+            mismatched: Vec::new(),
+            prefix: String::new(),
+        };
+        // burn stores linear weights as [in, out].
+        let layout = |shape: &[usize]| match shape {
+            [a, b] if torch_layout => vec![*b, *a],
+            other => other.to_vec(),
+        };
+        for error in &result.errors {
+            match error {
+                ApplyError::ShapeMismatch {
+                    path,
+                    expected,
+                    found,
+                } => report.mismatched.push(ShapeMismatch {
+                    name: name(path),
+                    expected: layout(expected),
+                    found: layout(found),
+                }),
+                ApplyError::DTypeMismatch { path, .. }
+                | ApplyError::AdapterError { path, .. }
+                | ApplyError::LoadError { path, .. } => {
+                    return Err(format!("tensor {}: {error}", name(path)));
+                }
+            }
+        }
+        let mismatched: Vec<&str> = report.mismatched.iter().map(|m| m.name.as_str()).collect();
+        report.missing.retain(|n| !mismatched.contains(&n.as_str()));
+        report.loaded.sort();
+        report.missing.sort();
+        report.unexpected.sort();
+        report.mismatched.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(report)
+    }
+
     /// `true` when every model tensor was loaded and the file had nothing else.
     pub fn is_exact(&self) -> bool {
         self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()

@@ -6,6 +6,7 @@ use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, BurnpackStore, ModuleSnapshot, SafetensorsStore};
 
 use super::keymap::KeyMap;
+use super::report::LoadReport;
 use crate::error::{IbnError, Result};
 
 /// One tensor of a module, by PyTorch name and PyTorch shape.
@@ -78,10 +79,12 @@ pub fn save_file<M: Module>(module: &M, path: impl AsRef<Path>) -> Result<()> {
 }
 
 /// Loads a file written by [`save_file`] into `module`, strictly: every tensor must be
-/// present with its shape.
+/// present with its shape, and the file must hold nothing else.
 ///
 /// # Errors
-/// [`IbnError::CheckpointRead`] when the file is unreadable or does not match the module.
+/// - [`IbnError::CheckpointRead`] when the file is missing or unreadable;
+/// - [`IbnError::CheckpointMismatch`] when it does not match the module: the report names
+///   every missing, unexpected and mis-shaped tensor by its module path.
 pub fn load_file<M: Module>(mut module: M, path: impl AsRef<Path>) -> Result<M> {
     let path = path.as_ref();
     let error = |e: &dyn std::fmt::Display| IbnError::CheckpointRead {
@@ -91,20 +94,26 @@ pub fn load_file<M: Module>(mut module: M, path: impl AsRef<Path>) -> Result<M> 
     if !path.is_file() {
         return Err(error(&"no such file"));
     }
+    // Partial and unvalidated, so that every mismatch comes back in the result and is
+    // reported together.
     let result = if is_safetensors(path) {
         let mut store = SafetensorsStore::from_file(path)
-            .allow_partial(false)
-            .validate(true);
+            .allow_partial(true)
+            .validate(false);
         module.load_from(&mut store).map_err(|e| error(&e))?
     } else {
         let mut store = BurnpackStore::from_file(path)
-            .allow_partial(false)
-            .validate(true)
+            .allow_partial(true)
+            .validate(false)
             .auto_extension(false);
         module.load_from(&mut store).map_err(|e| error(&e))?
     };
-    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
-        return Err(error(&result));
+    let report = LoadReport::from_apply(&result, str::to_string, false).map_err(|e| error(&e))?;
+    if !report.is_exact() {
+        return Err(IbnError::CheckpointMismatch {
+            path: path.to_path_buf(),
+            report: Box::new(report),
+        });
     }
     Ok(module)
 }
