@@ -46,7 +46,8 @@ pub enum IbnError {
     CheckpointMismatch {
         /// The file.
         path: PathBuf,
-        /// Every missing, unexpected and mis-shaped tensor, by its PyTorch name.
+        /// Every missing, unexpected and mis-shaped tensor, by its PyTorch name (by module
+        /// path for [`load_file`](crate::weights::load_file)).
         report: Box<LoadReport>,
     },
 

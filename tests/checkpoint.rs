@@ -190,6 +190,20 @@ fn a_file_with_nothing_for_the_model_is_an_error_even_when_not_strict() {
             .any(|n| n == "layer1.0.conv1.weight"),
         "{report}"
     );
+
+    // A DenseNet checkpoint into a ResNet: its names end in ResNet names
+    // (`features.denseblock1.denselayer1.conv1.weight`), which must not pass for a prefix.
+    let err = fresh()
+        .load_pytorch(fixture("net_densenet_a.pth"), Strictness::NonStrict)
+        .unwrap_err();
+    let IbnError::CheckpointMismatch { report, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(report.prefix, "", "{report}");
+    assert!(
+        report.missing.iter().any(|n| n == "conv1.weight"),
+        "{report}"
+    );
 }
 
 #[test]

@@ -152,7 +152,12 @@ fn frozen_norms_use_their_running_statistics_and_get_no_gradient() {
     let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let bottleneck = small_resnet(BlockKind::Bottleneck, vec![2, 1, 1, 1], vec![8, 8, 16, 16]);
     let configs = [
-        NetConfig::ResNet(tiny(BlockKind::Basic).with_ibn_b()),
+        // IBN-b: instance norms in the stem and after layer1's second block.
+        NetConfig::ResNet(
+            small_resnet(BlockKind::Basic, vec![2, 1, 1, 1], vec![8, 8, 16, 16])
+                .with_num_classes(4)
+                .with_ibn_b(),
+        ),
         NetConfig::ResNet(bottleneck.with_ibn(vec![
             IbnMode::A,
             IbnMode::B,
@@ -200,6 +205,12 @@ fn frozen_norms_use_their_running_statistics_and_get_no_gradient() {
                     };
                     assert!(stem.weight.as_ref().unwrap().grad(&grads).is_none());
                     assert!(m.conv1.weight.grad(&grads).is_some());
+                    let ResBlock::Basic(b) = &m.layers[0][1] else {
+                        panic!("block")
+                    };
+                    let post_in = b.post_in.as_ref().expect("IBN-b instance norm");
+                    assert!(post_in.weight.as_ref().unwrap().grad(&grads).is_none());
+                    assert!(b.conv2.weight.grad(&grads).is_some());
                     continue;
                 };
                 assert!(bn1.weight.grad(&grads).is_none());
@@ -210,6 +221,7 @@ fn frozen_norms_use_their_running_statistics_and_get_no_gradient() {
                     panic!("IBN-a bn1")
                 };
                 assert!(ibn.batch.weight.grad(&grads).is_none());
+                assert!(ibn.instance.weight.as_ref().unwrap().grad(&grads).is_none());
                 assert!(b.bn3.bias.grad(&grads).is_none());
                 assert!(
                     b.downsample
@@ -251,7 +263,7 @@ fn frozen_stages_stop_learning_and_the_rest_does_not() {
         .unwrap();
     assert!(matches!(
         model.clone().freeze_stages(5),
-        Err(ibn_net::IbnError::InvalidConfig { .. })
+        Err(ibn_net::IbnError::InvalidInput(_))
     ));
     let frozen = model.freeze_stages(2).unwrap();
     let IbnNet::ResNet(m) = &frozen else {
@@ -315,4 +327,14 @@ fn frozen_stages_stop_learning_and_the_rest_does_not() {
         ),
         [false, false, false, true, true]
     );
+}
+
+#[test]
+#[should_panic(expected = "instance normalisation needs more than one spatial value")]
+fn instance_norm_on_one_spatial_value_panics_as_pytorch_raises() {
+    // PyTorch: "Expected more than 1 spatial element when training".
+    let device = cpu();
+    let ibn = ibn_net::norm::IbnConfig::new(8).init(&device).unwrap();
+    let x = Tensor::<4>::random([4, 8, 1, 1], Distribution::Default, &device);
+    let _ = ibn.forward(x);
 }

@@ -603,6 +603,16 @@ mod tests {
     use super::super::im2col;
     use super::*;
 
+    /// The larger of `m` and `v`, NaN when either is (`f32::max` would skip a NaN, and an
+    /// all-NaN result would pass the comparisons below).
+    fn nan_max(m: f32, v: f32) -> f32 {
+        if m.is_nan() || v.is_nan() {
+            f32::NAN
+        } else {
+            m.max(v)
+        }
+    }
+
     /// A small deterministic generator of values in [-1, 1).
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
@@ -702,7 +712,7 @@ mod tests {
                     .iter()
                     .zip(&expected)
                     .map(|(a, e)| (a - e).abs())
-                    .fold(0.0f32, f32::max);
+                    .fold(0.0f32, nan_max);
                 // Sums of up to 256 products of values in [-1, 1), in another order.
                 assert!(
                     worst < 1e-4,
@@ -742,7 +752,7 @@ mod tests {
                 .iter()
                 .zip(&expected)
                 .map(|(a, e)| (a - e).abs())
-                .fold(0.0f32, f32::max);
+                .fold(0.0f32, nan_max);
             assert!(worst < 1e-4, "case {k}: off by {worst}");
         }
         let strided = geometry(2, [8, 8, 2], [9, 9], [3, 3], [2, 2], same, [1, 1]);

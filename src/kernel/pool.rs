@@ -14,8 +14,8 @@ use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::tensor::Tensor;
 
 /// What `pool.forward(x)` computes (burn's `MaxPool2d`): on flex and ndarray devices (with
-/// autodiff or not), with symmetric explicit padding of at most half the window, by this
-/// crate's kernel; otherwise by burn's.
+/// autodiff or not), without padding or with symmetric explicit padding of at most half the
+/// window, by this crate's kernel; otherwise by burn's.
 ///
 /// # Shapes
 /// - `x`: `[N, C, H, W]`
@@ -24,7 +24,13 @@ use burn::tensor::Tensor;
 ///   leading padding, as PyTorch)
 pub(crate) fn max_pool2d_module(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(any(feature = "flex", feature = "ndarray"))]
-    if let burn::nn::PaddingConfig2d::Explicit(top, left, bottom, right) = pool.padding {
+    if let Some([top, left, bottom, right]) = match pool.padding {
+        burn::nn::PaddingConfig2d::Explicit(top, left, bottom, right) => {
+            Some([top, left, bottom, right])
+        }
+        burn::nn::PaddingConfig2d::Valid => Some([0; 4]),
+        _ => None,
+    } {
         let [_, _, h, w] = x.dims();
         let g = PoolGeometry {
             input: [h, w],
@@ -536,7 +542,25 @@ mod tests {
                 assert_eq!(out.dims(), [2, 3, oh, ow], "shape, {what}");
                 let expected =
                     Tensor::<4>::from_data(TensorData::new(expected, out.dims()), &device);
-                assert_eq!(bits(out), bits(expected), "with NaN and ties, {what}");
+                assert_eq!(
+                    bits(out),
+                    bits(expected.clone()),
+                    "with NaN and ties, {what}"
+                );
+                // Unpadded windows configured as `Valid` (the default padding) take the
+                // kernel too: the NaN propagates, which burn's ndarray pooling does not do.
+                if padding == [0, 0] {
+                    let valid = MaxPool2dConfig::new(kernel)
+                        .with_strides(stride)
+                        .with_dilation(dilation)
+                        .with_ceil_mode(ceil)
+                        .init();
+                    assert_eq!(
+                        bits(super::max_pool2d_module(&valid, x.clone())),
+                        bits(expected),
+                        "`Valid` padding, with NaN, {what}"
+                    );
+                }
             }
         }
     }

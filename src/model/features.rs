@@ -14,7 +14,9 @@ pub struct FeatureInfo {
     pub channels: usize,
     /// Total stride relative to the input: the map is about `H / reduction x W / reduction`
     /// (exactly so for sizes divisible by it; otherwise each layer's padding decides the
-    /// rounding: up in the ResNets' strided convolutions, down in DenseNet's transitions).
+    /// rounding, e.g. up in the ResNets' padded strided convolutions, down in DenseNet's
+    /// transitions and in the unpadded stem pool of [`StemPool::Ceil`](super::StemPool::Ceil)
+    /// at odd sizes).
     pub reduction: usize,
 }
 

@@ -43,10 +43,9 @@ impl Ids {
 
 fn check_stages(stages: usize, available: usize) -> Result<()> {
     if stages > available {
-        return Err(IbnError::config(
-            "stages",
-            format!("cannot freeze {stages} stages: the network has {available}"),
-        ));
+        return Err(IbnError::InvalidInput(format!(
+            "cannot freeze {stages} stages: the network has {available}"
+        )));
     }
     Ok(())
 }
@@ -57,7 +56,7 @@ impl ResNetIbn {
     /// `freeze_stages(0)` freezes the stem only.
     ///
     /// # Errors
-    /// [`IbnError::InvalidConfig`] when `stages` exceeds the number of stages.
+    /// [`IbnError::InvalidInput`] when `stages` exceeds the number of stages.
     pub fn freeze_stages(self, stages: usize) -> Result<Self> {
         check_stages(stages, self.layers.len())?;
         let mut ids = Ids::default();
@@ -94,11 +93,12 @@ impl ResNetIbn {
 
 impl DenseNetIbn {
     /// Freezes the stem (`conv0`, `norm0`) and the first `stages` dense blocks with the
-    /// transition after each of them (`stages` at most the number of blocks; the last block
-    /// has no transition). `freeze_stages(0)` freezes the stem only.
+    /// transition after each of them, and with the last block the final norm `norm5`, so
+    /// that freezing every stage freezes every layer but the classifier.
+    /// `freeze_stages(0)` freezes the stem only.
     ///
     /// # Errors
-    /// [`IbnError::InvalidConfig`] when `stages` exceeds the number of dense blocks.
+    /// [`IbnError::InvalidInput`] when `stages` exceeds the number of dense blocks.
     pub fn freeze_stages(self, stages: usize) -> Result<Self> {
         check_stages(stages, self.blocks.len())?;
         let mut ids = Ids::default();
@@ -108,6 +108,9 @@ impl DenseNetIbn {
         }
         for transition in self.transitions.iter().take(stages) {
             ids.add(transition);
+        }
+        if stages == self.blocks.len() {
+            ids.add(&self.norm5);
         }
         Ok(ids.freeze(self))
     }
@@ -132,7 +135,7 @@ impl IbnNet {
     /// [`DenseNetIbn::freeze_stages`].
     ///
     /// # Errors
-    /// [`IbnError::InvalidConfig`] when `stages` exceeds the number of stages.
+    /// [`IbnError::InvalidInput`] when `stages` exceeds the number of stages.
     pub fn freeze_stages(self, stages: usize) -> Result<Self> {
         Ok(match self {
             Self::ResNet(m) => Self::ResNet(m.freeze_stages(stages)?),

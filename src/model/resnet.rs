@@ -44,9 +44,10 @@ pub enum StemPool {
     /// Padding 1, output size rounded down: the authors' release and torchvision.
     #[default]
     Padded,
-    /// No padding, output size rounded up (PyTorch's `ceil_mode`): fast-reid's backbones.
-    /// The windows sit one pixel to the right of [`Padded`](Self::Padded)'s, so weights
-    /// trained with one give other outputs with the other.
+    /// No padding, with PyTorch's `ceil_mode` (the division of the output-size formula
+    /// rounded up, so a last window may run past the input): fast-reid's backbones. The
+    /// windows sit one pixel to the right of [`Padded`](Self::Padded)'s, so weights trained
+    /// with one give other outputs with the other.
     Ceil,
 }
 

@@ -171,10 +171,20 @@ impl InstanceNorm2d {
     /// Per-channel `(scale, shift)` `[C]` and the channels normalised with per-sample
     /// statistics such that [`kernel::plane_norm`](crate::kernel::plane_norm) computes this
     /// layer; updates the running statistics in training.
+    ///
+    /// # Panics
+    /// When the statistics are per sample and a plane holds one value (PyTorch raises
+    /// "Expected more than 1 spatial element" there; `validate_input` reports it).
     pub(crate) fn plan_for(&self, input: &Tensor<4>) -> (Tensor<1>, Tensor<1>, Range<usize>) {
         let [_, c, h, w] = input.dims();
         let device = input.device();
         let training = self.is_training_for(input);
+        let per_sample = training || self.running_mean.is_none() || self.running_var.is_none();
+        assert!(
+            !per_sample || h * w > 1,
+            "instance normalisation needs more than one spatial value per channel, got a \
+             {h}x{w} map (`Backbone::validate_input` and `try_forward` report this as an error)"
+        );
         let (gamma, beta) = self.gamma_beta(&device);
         match (&self.running_mean, &self.running_var) {
             (Some(mean), Some(var)) if !training => {

@@ -24,11 +24,15 @@ pub enum Strictness {
 
 /// The prefix in front of the model's tensor names in a checkpoint: the `.`-terminated
 /// leading part of the file's names (or none) under which the most names, with it removed,
-/// are tensors of the model; of equally good ones, the shortest. Training code wraps the
-/// network's `state_dict` in several ways: `{"state_dict": ...}`, DataParallel's `module.`,
-/// fast-reid's `{"model": ...}` around a model whose backbone is `backbone.`
-/// (`model.backbone.`), reid-strong-baseline's `base.`. Returns the prefix and the number of
-/// names it matches.
+/// are tensors of the model; of equally good ones, the shortest (then the first in
+/// alphabetical order). Training code wraps the network's `state_dict` in several ways:
+/// `{"state_dict": ...}`, DataParallel's `module.`, fast-reid's `{"model": ...}` around a
+/// model whose backbone is `backbone.` (`model.backbone.`), reid-strong-baseline's `base.`.
+///
+/// A prefix is used only when it covers more than half of the model's tensors: a name deep
+/// inside another architecture (`features.denseblock1.denselayer1.conv1.weight`) can end
+/// in a name of the model (`conv1.weight`), and such chance matches must not pass for a
+/// wrapper. Returns the prefix and the number of names it matches.
 fn detect_prefix<'a>(
     names: impl Iterator<Item = &'a str> + Clone,
     model: &HashSet<String>,
@@ -43,10 +47,12 @@ fn detect_prefix<'a>(
             }
         }
     }
+    let unwrapped = matches.get("").copied().unwrap_or(0);
     matches
         .into_iter()
+        .filter(|&(prefix, count)| prefix.is_empty() || 2 * count > model.len())
         .max_by(|(a, m), (b, n)| m.cmp(n).then(b.len().cmp(&a.len())).then(b.cmp(a)))
-        .unwrap_or(("", 0))
+        .unwrap_or(("", unwrapped))
 }
 
 fn read_error(path: &Path, reason: impl ToString) -> IbnError {

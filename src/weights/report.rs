@@ -8,8 +8,10 @@ use burn::store::{ApplyError, ApplyResult};
 /// of [`load_file`](super::load_file)).
 ///
 /// A strict load succeeds only when [`LoadReport::is_exact`]; a non-strict load returns this
-/// report so the caller sees what was left at its initial value.
+/// report so the caller sees what was left at its initial value (and fails with it when not
+/// one tensor fit).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LoadReport {
     /// Tensors copied into the model.
     pub loaded: Vec<String>,
@@ -28,11 +30,12 @@ pub struct LoadReport {
 /// A tensor whose shape in the file differs from the model's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShapeMismatch {
-    /// PyTorch name.
+    /// PyTorch name (module path for the files of [`load_file`](super::load_file)).
     pub name: String,
-    /// Shape in the model.
+    /// Shape in the model (PyTorch's layout for PyTorch checkpoints: linear weights
+    /// `[out, in]`; burn's for [`load_file`](super::load_file): `[in, out]`).
     pub expected: Vec<usize>,
-    /// Shape in the file.
+    /// Shape in the file, in the same layout.
     pub found: Vec<usize>,
 }
 
