@@ -216,7 +216,7 @@ pub(crate) fn conv2d_module(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
-pub(super) use cpu::on_cpu_backend;
+pub(crate) use cpu::on_cpu_backend;
 
 /// The backend operations behind [`conv2d`] on the CPU backends and, with the `wgpu`
 /// feature, on CubeCL devices.
@@ -304,7 +304,7 @@ mod cpu {
 
     /// Whether `device` (or the device an autodiff device wraps) is a CPU backend with these
     /// kernels.
-    pub(in crate::kernel) fn on_cpu_backend(device: &Device) -> bool {
+    pub(crate) fn on_cpu_backend(device: &Device) -> bool {
         #[allow(unreachable_patterns)]
         match device.clone().inner().as_dispatch() {
             #[cfg(feature = "flex")]

@@ -85,6 +85,8 @@ mod winograd;
 #[cfg(any(feature = "flex", feature = "ndarray", feature = "wgpu"))]
 pub use conv::ConvKernels;
 pub(crate) use conv::conv2d_module;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(crate) use conv::on_cpu_backend;
 pub use conv::{GpuConv, conv2d, gpu_conv, set_gpu_conv, set_winograd, winograd_enabled};
 pub(crate) use pool::{avg_pool2d_module, max_pool2d_module};
 #[cfg(any(feature = "flex", feature = "ndarray"))]

@@ -14,6 +14,7 @@ use super::features::{
 use crate::block::{
     DenseBlock, DenseBlockConfig, Transition, TransitionConfig, check_positive, conv,
 };
+use crate::device::on_cpu_pool;
 use crate::error::{IbnError, Result};
 use crate::kernel::{Epilogue, conv2d_module, max_pool2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
@@ -218,9 +219,11 @@ impl DenseNetIbn {
 impl Backbone for DenseNetIbn {
     fn forward_features(&self, input: Tensor<4>) -> Tensor<4> {
         let last = self.blocks.len() - 1;
-        self.run_blocks(self.stem(input), last)
-            .pop()
-            .expect("at least one dense block")
+        on_cpu_pool(&input.device(), || {
+            self.run_blocks(self.stem(input), last)
+                .pop()
+                .expect("at least one dense block")
+        })
     }
 
     fn forward_head(&self, features: Tensor<4>, pre_logits: bool) -> Tensor<2> {
@@ -230,11 +233,14 @@ impl Backbone for DenseNetIbn {
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>> {
         let deepest = check_indices(indices, self.blocks.len() + 1)?;
         self.validate_input(&input.dims())?;
-        let stem = self.stem(input);
-        let mut maps = vec![stem.clone()];
-        if deepest > 0 {
-            maps.extend(self.run_blocks(stem, deepest - 1));
-        }
+        let maps = on_cpu_pool(&input.device(), || {
+            let stem = self.stem(input);
+            let mut maps = vec![stem.clone()];
+            if deepest > 0 {
+                maps.extend(self.run_blocks(stem, deepest - 1));
+            }
+            maps
+        });
         Ok(indices.iter().map(|&i| maps[i].clone()).collect())
     }
 

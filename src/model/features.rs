@@ -22,13 +22,19 @@ pub struct FeatureInfo {
 
 /// The uniform API of every network in this crate (ResNet, ResNeXt, SE-ResNet, DenseNet), in
 /// the style of timm, so switching family is a one-word change.
-pub trait Backbone {
+///
+/// In evaluation on the CPU backends (devices without autodiff) the forward passes run on a
+/// thread of the backends' thread pool, so that the calling thread does not hand over and
+/// wait for every operation.
+pub trait Backbone: Sync {
     /// Logits `[N, num_classes]`, or pooled features `[N, num_features]` without a head.
     ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     fn forward(&self, input: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(input), false)
+        crate::device::on_cpu_pool(&input.device(), || {
+            self.forward_head(self.forward_features(input), false)
+        })
     }
 
     /// The last feature map `[N, num_features, H / r, W / r]` (before pooling).

@@ -15,6 +15,7 @@ use super::features::{
 use crate::block::{
     BasicBlock, BasicBlockConfig, Bottleneck, BottleneckConfig, IbnMode, check_positive, conv,
 };
+use crate::device::on_cpu_pool;
 use crate::error::{IbnError, Result};
 use crate::kernel::{Epilogue, conv2d_module, max_pool2d_module};
 use crate::norm::{BatchNorm2dConfig, InstanceNorm2dConfig, Norm2d};
@@ -389,13 +390,15 @@ impl ResNetIbn {
 
 impl Backbone for ResNetIbn {
     fn forward_features(&self, input: Tensor<4>) -> Tensor<4> {
-        let mut x = max_pool2d_module(&self.maxpool, self.stem(input));
-        for stage in &self.layers {
-            for block in stage {
-                x = block.forward(x);
+        on_cpu_pool(&input.device(), || {
+            let mut x = max_pool2d_module(&self.maxpool, self.stem(input));
+            for stage in &self.layers {
+                for block in stage {
+                    x = block.forward(x);
+                }
             }
-        }
-        x
+            x
+        })
     }
 
     fn forward_head(&self, features: Tensor<4>, pre_logits: bool) -> Tensor<2> {
@@ -405,16 +408,19 @@ impl Backbone for ResNetIbn {
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>> {
         let deepest = check_indices(indices, self.layers.len() + 1)?;
         self.validate_input(&input.dims())?;
-        let mut maps = Vec::with_capacity(deepest + 1);
-        let stem = self.stem(input);
-        maps.push(stem.clone());
-        let mut x = max_pool2d_module(&self.maxpool, stem);
-        for stage in self.layers.iter().take(deepest) {
-            for block in stage {
-                x = block.forward(x);
+        let maps = on_cpu_pool(&input.device(), || {
+            let mut maps = Vec::with_capacity(deepest + 1);
+            let stem = self.stem(input);
+            maps.push(stem.clone());
+            let mut x = max_pool2d_module(&self.maxpool, stem);
+            for stage in self.layers.iter().take(deepest) {
+                for block in stage {
+                    x = block.forward(x);
+                }
+                maps.push(x.clone());
             }
-            maps.push(x.clone());
-        }
+            maps
+        });
         Ok(indices.iter().map(|&i| maps[i].clone()).collect())
     }
 
