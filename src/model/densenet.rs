@@ -219,7 +219,7 @@ impl DenseNetIbn {
 impl Backbone for DenseNetIbn {
     fn forward_features(&self, input: Tensor<4>) -> Tensor<4> {
         let last = self.blocks.len() - 1;
-        on_cpu_pool(&input.device(), || {
+        on_cpu_pool(input.dims(), &input.device(), || {
             self.run_blocks(self.stem(input), last)
                 .pop()
                 .expect("at least one dense block")
@@ -233,7 +233,7 @@ impl Backbone for DenseNetIbn {
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>> {
         let deepest = check_indices(indices, self.blocks.len() + 1)?;
         self.validate_input(&input.dims())?;
-        let maps = on_cpu_pool(&input.device(), || {
+        let maps = on_cpu_pool(input.dims(), &input.device(), || {
             let stem = self.stem(input);
             let mut maps = vec![stem.clone()];
             if deepest > 0 {

@@ -23,16 +23,16 @@ pub struct FeatureInfo {
 /// The uniform API of every network in this crate (ResNet, ResNeXt, SE-ResNet, DenseNet), in
 /// the style of timm, so switching family is a one-word change.
 ///
-/// In evaluation on the CPU backends (devices without autodiff) the forward passes run on a
-/// thread of the backends' thread pool, so that the calling thread does not hand over and
-/// wait for every operation.
+/// In evaluation on the CPU backends (devices without autodiff), passes over up to two
+/// 224x224 images run on a thread of the backends' thread pool, so that the calling thread
+/// does not hand over and wait for every operation.
 pub trait Backbone: Sync {
     /// Logits `[N, num_classes]`, or pooled features `[N, num_features]` without a head.
     ///
     /// # Shapes
     /// - `input`: `[N, C_in, H, W]`
     fn forward(&self, input: Tensor<4>) -> Tensor<2> {
-        crate::device::on_cpu_pool(&input.device(), || {
+        crate::device::on_cpu_pool(input.dims(), &input.device(), || {
             self.forward_head(self.forward_features(input), false)
         })
     }

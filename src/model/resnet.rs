@@ -390,7 +390,7 @@ impl ResNetIbn {
 
 impl Backbone for ResNetIbn {
     fn forward_features(&self, input: Tensor<4>) -> Tensor<4> {
-        on_cpu_pool(&input.device(), || {
+        on_cpu_pool(input.dims(), &input.device(), || {
             let mut x = max_pool2d_module(&self.maxpool, self.stem(input));
             for stage in &self.layers {
                 for block in stage {
@@ -408,7 +408,7 @@ impl Backbone for ResNetIbn {
     fn forward_intermediates(&self, input: Tensor<4>, indices: &[usize]) -> Result<Vec<Tensor<4>>> {
         let deepest = check_indices(indices, self.layers.len() + 1)?;
         self.validate_input(&input.dims())?;
-        let maps = on_cpu_pool(&input.device(), || {
+        let maps = on_cpu_pool(input.dims(), &input.device(), || {
             let mut maps = Vec::with_capacity(deepest + 1);
             let stem = self.stem(input);
             maps.push(stem.clone());
