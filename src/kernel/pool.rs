@@ -179,21 +179,18 @@ impl PoolGeometry {
         self.dilation[axis] * (self.kernel[axis] - 1) + 1
     }
 
-    /// Output size per axis (PyTorch's rule; burn's `calculate_pool_output_size`).
+    /// Output size per axis, by burn's rule for its pooling modules (PyTorch's; in ceil mode
+    /// less a last window that would start in the trailing padding).
     pub fn output(&self) -> [usize; 2] {
         core::array::from_fn(|a| {
-            let (size, pad, stride) = (self.input[a], self.padding[a], self.stride[a]);
-            let room = size + 2 * pad - self.window(a);
-            if !self.ceil {
-                return room / stride + 1;
-            }
-            // Rounded up, less a last window that would start in the trailing padding.
-            let out = room.div_ceil(stride) + 1;
-            if (out - 1) * stride >= size + pad {
-                out - 1
-            } else {
-                out
-            }
+            burn::backend::ops::conv::calculate_pool_output_size(
+                self.kernel[a],
+                self.stride[a],
+                self.padding[a],
+                self.dilation[a],
+                self.input[a],
+                self.ceil,
+            )
         })
     }
 }

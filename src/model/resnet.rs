@@ -53,23 +53,29 @@ pub enum StemPool {
 }
 
 impl StemPool {
-    /// Output size of the pool along an axis of `size` values; `None` when no window fits.
-    pub fn output(self, size: usize) -> Option<usize> {
+    /// Padding on every side.
+    fn padding(self) -> usize {
         match self {
-            Self::Padded => conv_out(size, 3, 2, 1),
-            // Ceil mode lets the last window run past the input as long as it starts inside
-            // it, which without padding every window counted here does.
-            Self::Ceil => size.checked_sub(3).map(|rest| rest.div_ceil(2) + 1),
+            Self::Padded => 1,
+            Self::Ceil => 0,
         }
     }
 
+    /// Output size of the pool along an axis of `size` values (the rule of burn's pooling
+    /// modules); `None` when no window fits.
+    pub fn output(self, size: usize) -> Option<usize> {
+        let (pad, ceil) = (self.padding(), self == Self::Ceil);
+        (size + 2 * pad >= 3)
+            .then(|| burn::backend::ops::conv::calculate_pool_output_size(3, 2, pad, 1, size, ceil))
+    }
+
     fn init(self) -> MaxPool2d {
-        let config = MaxPool2dConfig::new([3, 3]).with_strides([2, 2]);
-        match self {
-            Self::Padded => config.with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
-            Self::Ceil => config.with_ceil_mode(true),
-        }
-        .init()
+        let p = self.padding();
+        MaxPool2dConfig::new([3, 3])
+            .with_strides([2, 2])
+            .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+            .with_ceil_mode(self == Self::Ceil)
+            .init()
     }
 }
 
