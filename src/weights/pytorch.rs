@@ -32,12 +32,12 @@ pub enum Strictness {
 /// A prefix is used only when it covers more than half of the model's tensors: a name deep
 /// inside another architecture (`features.denseblock1.denselayer1.conv1.weight`) can end
 /// in a name of the model (`conv1.weight`), and such chance matches must not pass for a
-/// wrapper. Returns the prefix and the number of names it matches.
+/// wrapper.
 fn detect_prefix<'a>(
-    names: impl Iterator<Item = &'a str> + Clone,
+    names: impl Iterator<Item = &'a str>,
     model: &HashSet<String>,
     keys: &KeyMap,
-) -> (&'a str, usize) {
+) -> &'a str {
     let mut matches: HashMap<&'a str, usize> = HashMap::new();
     for name in names {
         let ends = std::iter::once(0).chain(name.match_indices('.').map(|(i, _)| i + 1));
@@ -47,12 +47,11 @@ fn detect_prefix<'a>(
             }
         }
     }
-    let unwrapped = matches.get("").copied().unwrap_or(0);
     matches
         .into_iter()
         .filter(|&(prefix, count)| prefix.is_empty() || 2 * count > model.len())
         .max_by(|(a, m), (b, n)| m.cmp(n).then(b.len().cmp(&a.len())).then(b.cmp(a)))
-        .unwrap_or(("", unwrapped))
+        .map_or("", |(prefix, _)| prefix)
 }
 
 fn read_error(path: &Path, reason: impl ToString) -> IbnError {
@@ -98,18 +97,14 @@ pub fn load_pytorch<M: Module>(
         .into_iter()
         .map(|t| t.name)
         .collect();
-    let names = tensors
-        .keys()
-        .map(String::as_str)
-        .filter(|n| !n.ends_with("num_batches_tracked"));
-    let (prefix, _) = detect_prefix(names.clone(), &model, keys);
+    let kept = tensors
+        .iter()
+        .filter(|(name, _)| !name.ends_with("num_batches_tracked"));
+    let prefix = detect_prefix(kept.clone().map(|(name, _)| name.as_str()), &model, keys);
     let mut outside = Vec::new();
     let mut torch_name_of: HashMap<String, String> = HashMap::new();
     let mut renamed = Vec::with_capacity(tensors.len());
-    for (name, tensor) in tensors {
-        if name.ends_with("num_batches_tracked") {
-            continue;
-        }
+    for (name, tensor) in kept {
         let Some(torch) = name.strip_prefix(prefix) else {
             outside.push(name.clone());
             continue;
