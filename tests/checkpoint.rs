@@ -7,12 +7,22 @@ use common::*;
 use ibn_net::IbnError;
 use ibn_net::model::{Backbone, BlockKind, IbnNet, ResNetIbnConfig};
 use ibn_net::npy::NpyArray;
-use ibn_net::weights::{Strictness, load_file, named_tensors, save_file};
+use ibn_net::weights::{LoadReport, Strictness, load_file, named_tensors, save_file};
 
 const NET: &str = "net_resnet_basic_a";
 
 fn fresh() -> IbnNet {
     net_config(NET).init(&cpu()).unwrap()
+}
+
+/// The report of a load that must fail with [`IbnError::CheckpointMismatch`]; panics naming
+/// `what` otherwise.
+fn mismatch<T>(what: &str, result: Result<T, IbnError>) -> LoadReport {
+    match result {
+        Err(IbnError::CheckpointMismatch { report, .. }) => *report,
+        Err(other) => panic!("{what}: {other}"),
+        Ok(_) => panic!("{what}: loaded"),
+    }
 }
 
 #[test]
@@ -85,12 +95,10 @@ fn strict_loading_reports_every_mismatch_by_pytorch_name() {
 
     // The other family: nothing matches; every name is listed.
     let dense = net_config("net_densenet_a").init(&cpu()).unwrap();
-    let err = dense
-        .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict)
-        .unwrap_err();
-    let IbnError::CheckpointMismatch { report, .. } = &err else {
-        panic!("{err}")
-    };
+    let report = mismatch(
+        "a ResNet file into a DenseNet",
+        dense.load_pytorch(fixture(&format!("{NET}.pth")), Strictness::Strict),
+    );
     assert!(
         report
             .missing
@@ -176,12 +184,10 @@ fn fast_reid_checkpoints_load_their_backbone_and_match_pytorch() {
 fn a_file_with_nothing_for_the_model_is_an_error_even_when_not_strict() {
     // A ResNet checkpoint into a DenseNet: not one tensor fits.
     let dense = net_config("net_densenet_a").init(&cpu()).unwrap();
-    let err = dense
-        .load_pytorch(fixture(&format!("{NET}.pth")), Strictness::NonStrict)
-        .unwrap_err();
-    let IbnError::CheckpointMismatch { report, .. } = &err else {
-        panic!("{err}")
-    };
+    let report = mismatch(
+        "a ResNet file into a DenseNet",
+        dense.load_pytorch(fixture(&format!("{NET}.pth")), Strictness::NonStrict),
+    );
     assert!(report.loaded.is_empty(), "{report}");
     assert!(
         report
@@ -193,12 +199,10 @@ fn a_file_with_nothing_for_the_model_is_an_error_even_when_not_strict() {
 
     // A DenseNet checkpoint into a ResNet: its names end in ResNet names
     // (`features.denseblock1.denselayer1.conv1.weight`), which must not pass for a prefix.
-    let err = fresh()
-        .load_pytorch(fixture("net_densenet_a.pth"), Strictness::NonStrict)
-        .unwrap_err();
-    let IbnError::CheckpointMismatch { report, .. } = &err else {
-        panic!("{err}")
-    };
+    let report = mismatch(
+        "a DenseNet file into a ResNet",
+        fresh().load_pytorch(fixture("net_densenet_a.pth"), Strictness::NonStrict),
+    );
     assert_eq!(report.prefix, "", "{report}");
     assert!(
         report.missing.iter().any(|n| n == "conv1.weight"),
@@ -294,9 +298,7 @@ fn burnpack_and_safetensors_round_trips_are_bit_identical() {
         // A file of another architecture is refused, every tensor named by its module path
         // in the file (enum variants included).
         let other = net_config("net_densenet_a").init(&device).unwrap();
-        let Err(IbnError::CheckpointMismatch { report, .. }) = load_file(other, &path) else {
-            panic!("{file}: a DenseNet took a ResNet's file")
-        };
+        let report = mismatch(&format!("{file} into a DenseNet"), load_file(other, &path));
         assert!(report.loaded.is_empty(), "{file}: {report}");
         assert!(
             report.unexpected.iter().any(|n| n == "ResNet.conv1.weight"),
@@ -305,9 +307,7 @@ fn burnpack_and_safetensors_round_trips_are_bit_identical() {
         // Another number of classes: only the classifier is mis-shaped (burn's layout).
         let mut five = fresh();
         five.reset_classifier(5, &device);
-        let Err(IbnError::CheckpointMismatch { report, .. }) = load_file(five, &path) else {
-            panic!("{file}: a 5-class model took a 10-class file")
-        };
+        let report = mismatch(&format!("{file} into 5 classes"), load_file(five, &path));
         let names: Vec<_> = report.mismatched.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
