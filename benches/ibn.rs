@@ -1,329 +1,438 @@
-//! Benchmarks of the building blocks and of whole networks, printed as a table
-//! (median of timed runs after warm-up).
+//! Criterion benchmarks of the building blocks and of whole networks: norm layers (fused
+//! kernels against burn's composed operations), convolutions (this crate's kernels against
+//! burn's), blocks, evaluation passes of the released models at batch 1 and 8, and training
+//! steps (forward, backward, SGD) at batch 8.
 //!
 //! ```text
-//! cargo bench --bench ibn [-- --device flex|ndarray|wgpu] [--iters N] [--quick] [--filter TEXT]
+//! cargo bench --bench ibn                          # everything, on flex
+//! cargo bench --bench ibn -- "ibn layer"           # the benchmarks whose name matches
+//! cargo bench --bench ibn -- --quick model         # fewer samples
+//! cargo bench --bench ibn -- --save-baseline before   # then, after a change:
+//! cargo bench --bench ibn -- --baseline before     # compare with the saved run
+//! IBN_BENCH_DEVICE=wgpu cargo bench --features wgpu --bench ibn -- norm
 //! ```
-//! Model timings against PyTorch on the same machine: `python3 scripts/compare.py`.
+//!
+//! Environment: `IBN_BENCH_DEVICE` picks the device (`flex`, `ndarray` or `wgpu`, with the
+//! matching cargo feature; by default the first of these the build has), `IBN_BENCH_BATCH` the batch size of the layer, block
+//! and training benchmarks (8 by default; the evaluation passes run at 1 and at this size).
+//! Every timed call waits for its result (`device.sync()`), so GPU times are whole kernels.
+//! Names are `group/benchmark/input`, e.g. `norm/ibn layer, fused kernel/8x64x56x56`.
+//!
+//! Model timings against PyTorch on the same machine, with peak memory:
+//! `python3 scripts/compare.py` (it drives `examples/bench.rs`).
 
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use burn::module::Module;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, module};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use ibn_net::block::{BasicBlockConfig, BottleneckConfig, DenseLayerConfig, IbnMode};
-use ibn_net::device::device_from_name;
+use ibn_net::device::{available_devices, device_from_name};
 use ibn_net::kernel;
 use ibn_net::model::{Backbone, create_model};
 use ibn_net::norm::{BatchNorm2dConfig, IbnConfig, InstanceNorm2dConfig};
 
-fn median_ms<F: FnMut()>(iters: usize, mut f: F) -> f64 {
-    f();
-    f();
-    let mut samples: Vec<f64> = (0..iters)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+const MODELS: [&str; 5] = [
+    "resnet18_ibn_a",
+    "resnet50_ibn_a",
+    "resnet50_ibn_b",
+    "resnext50_ibn_a",
+    "densenet121_ibn_a",
+];
+
+/// The device and batch size from the environment (see the module docs).
+struct Setup {
+    device: Device,
+    batch: usize,
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let fail = |message: String| -> ! {
+            eprintln!("error: {message}");
+            std::process::exit(2)
+        };
+        let name = std::env::var("IBN_BENCH_DEVICE")
+            .unwrap_or_else(|_| available_devices().first().unwrap_or(&"flex").to_string());
+        let device = device_from_name(&name).unwrap_or_else(|e| fail(e.to_string()));
+        let batch = match std::env::var("IBN_BENCH_BATCH") {
+            Err(_) => 8,
+            Ok(v) => match v.parse() {
+                Ok(b) if b > 0 => b,
+                _ => fail(format!(
+                    "IBN_BENCH_BATCH must be a positive integer, not `{v}`"
+                )),
+            },
+        };
+        eprintln!("ibn-net benchmarks: device {name}, batch {batch}");
+        Setup { device, batch }
+    })
 }
 
 fn input(shape: [usize; 4], device: &Device) -> Tensor<4> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
 
-/// Only benchmarks whose name contains this (`--filter`) run.
-static FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-fn selected(name: &str) -> bool {
-    name.contains(FILTER.get().map_or("", String::as_str))
+/// `8x64x56x56`: the input part of a benchmark's name.
+fn dims(shape: [usize; 4]) -> String {
+    shape.map(|d| d.to_string()).join("x")
 }
 
-/// Times `forward` on `x`, waiting for the result each time, and prints the median.
+/// Times `forward` on `x`, waiting for the result each time.
 fn bench(
+    group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
-    shape: [usize; 4],
-    iters: usize,
     x: &Tensor<4>,
     forward: impl Fn(Tensor<4>) -> Tensor<4>,
 ) {
-    if !selected(name) {
-        return;
-    }
     let device = x.device();
-    let ms = median_ms(iters, || {
-        // Keep the output alive through the sync: with kernel fusion, work whose result is
-        // dropped unread may never run.
-        let output = forward(x.clone());
-        device.sync().expect("device sync");
-        drop(output);
+    let mut warm = false;
+    group.bench_function(criterion::BenchmarkId::new(name, dims(x.dims())), |b| {
+        // One untimed call first (only for benchmarks the filter selects: criterion calls
+        // this closure for those only): on wgpu it compiles and autotunes the kernels, which
+        // criterion's `--quick` mode would otherwise time.
+        if !std::mem::replace(&mut warm, true) {
+            drop(forward(x.clone()));
+            device.sync().expect("device sync");
+        }
+        b.iter(|| {
+            // Keep the output alive through the sync: with kernel fusion, work whose result
+            // is dropped unread may never run.
+            let output = forward(x.clone());
+            device.sync().expect("device sync");
+            output
+        })
     });
-    println!("{name:<44} {:<18} {ms:>10.3} ms", format!("{shape:?}"));
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-    };
-    let device_name = value("--device").map_or("flex", String::as_str);
-    let quick = args.iter().any(|a| a == "--quick");
-    let iters: usize = value("--iters")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 3 } else { 10 });
-    let device = match device_from_name(device_name) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
-    FILTER
-        .set(value("--filter").cloned().unwrap_or_default())
-        .expect("set once");
-    let batch = if quick { 2 } else { 8 };
-    println!("device {device_name}, batch {batch}, median of {iters} runs\n");
-    println!("{:<44} {:<18} {:>13}", "benchmark", "input", "time");
+/// Runs `f` with the Winograd path of the CPU convolutions off, then turns it back on.
+fn without_winograd(f: impl FnOnce()) {
+    kernel::set_winograd(false);
+    f();
+    kernel::set_winograd(true);
+}
 
-    // Norm layers at the shapes of each ResNet-50-IBN-a stage (IBN-a `bn1` inputs).
+/// Norm layers at the shapes of each ResNet-50-IBN-a stage (the inputs of IBN-a's `bn1`).
+fn norms(c: &mut Criterion) {
+    let Setup { device, batch } = setup();
+    let mut group = c.benchmark_group("norm");
     for (channels, size) in [(64, 56), (128, 28), (256, 14)] {
-        let shape = [batch, channels, size, size];
-        let x = input(shape, &device);
-        let bn = BatchNorm2dConfig::new(channels).init(&device);
-        bench("batch norm (eval), composed", shape, iters, &x, |x| {
+        let x = input([*batch, channels, size, size], device);
+        let bn = BatchNorm2dConfig::new(channels).init(device);
+        bench(&mut group, "batch norm eval, composed", &x, |x| {
             bn.forward_composed(x)
         });
-        bench("batch norm (eval), fused kernel", shape, iters, &x, |x| {
+        bench(&mut group, "batch norm eval, fused kernel", &x, |x| {
             bn.forward(x)
         });
         let inorm = InstanceNorm2dConfig::new(channels)
             .with_affine(true)
-            .init(&device);
-        bench("instance norm, composed", shape, iters, &x, |x| {
+            .init(device);
+        bench(&mut group, "instance norm, composed", &x, |x| {
             inorm.forward_composed(x)
         });
-        bench("instance norm, fused kernel", shape, iters, &x, |x| {
+        bench(&mut group, "instance norm, fused kernel", &x, |x| {
             inorm.forward(x)
         });
-        let ibn = IbnConfig::new(channels).init(&device).expect("valid");
-        bench("ibn layer [IN|BN], composed", shape, iters, &x, |x| {
+        let ibn = IbnConfig::new(channels).init(device).expect("valid");
+        bench(&mut group, "ibn layer, composed", &x, |x| {
             ibn.forward_composed(x)
         });
-        bench("ibn layer [IN|BN], fused kernel", shape, iters, &x, |x| {
+        bench(&mut group, "ibn layer, fused kernel", &x, |x| {
             ibn.forward(x)
         });
     }
+    group.finish();
+}
 
-    // Convolutions of ResNet-50 and ResNeXt-50 (32x4d): burn's `conv2d` vs this crate's
-    // (`ibn_net::kernel::conv2d`, its own kernels on flex and ndarray; the same call as
-    // burn's elsewhere). The 3x3 stride-1 ones also with the Winograd path turned off.
+/// A convolution's name: `conv 3x3 stride 2 -> 128, 32 groups`.
+fn conv_name(k: usize, stride: usize, c_out: usize, groups: usize) -> String {
+    let mut name = format!("conv {k}x{k}");
+    if stride > 1 {
+        name += &format!(" stride {stride}");
+    }
+    name += &format!(" -> {c_out}");
+    if groups > 1 {
+        name += &format!(", {groups} groups");
+    }
+    name
+}
+
+/// Convolutions of ResNet-50 and ResNeXt-50 (32x4d): burn's `conv2d` against this crate's
+/// (`ibn_net::kernel::conv2d`: its own kernels on flex and ndarray, burn's call elsewhere);
+/// the 3x3 stride-1 ones also with the Winograd path off.
+fn convs(c: &mut Criterion) {
+    let Setup { device, batch } = setup();
+    let mut group = c.benchmark_group("conv");
     let convs = [
-        ("conv 7x7/2 stem", [3, 224], 64, 7, 2, 1),
-        ("conv 3x3", [64, 56], 64, 3, 1, 1),
-        ("conv 3x3", [128, 28], 128, 3, 1, 1),
-        ("conv 3x3", [256, 14], 256, 3, 1, 1),
-        ("conv 3x3", [512, 7], 512, 3, 1, 1),
-        ("conv 3x3/2", [128, 56], 128, 3, 2, 1),
-        ("conv 3x3 32 groups", [128, 56], 128, 3, 1, 32),
-        ("conv 3x3/2 32 groups", [512, 28], 512, 3, 2, 32),
-        ("conv 3x3 32 groups", [1024, 7], 1024, 3, 1, 32),
-        ("conv 1x1", [64, 56], 256, 1, 1, 1),
-        ("conv 1x1/2 downsample", [256, 56], 512, 1, 2, 1),
+        ([3, 224], 64, 7, 2, 1),
+        ([64, 56], 64, 3, 1, 1),
+        ([128, 28], 128, 3, 1, 1),
+        ([256, 14], 256, 3, 1, 1),
+        ([512, 7], 512, 3, 1, 1),
+        ([128, 56], 128, 3, 2, 1),
+        ([128, 56], 128, 3, 1, 32),
+        ([512, 28], 512, 3, 2, 32),
+        ([1024, 7], 1024, 3, 1, 32),
+        ([64, 56], 256, 1, 1, 1),
+        ([256, 56], 512, 1, 2, 1),
     ];
-    for (label, [c_in, size], c_out, k, stride, groups) in convs {
-        let shape = [batch, c_in, size, size];
-        let x = input(shape, &device);
-        let w = input([c_out, c_in / groups, k, k], &device);
+    for ([c_in, size], c_out, k, stride, groups) in convs {
+        let x = input([*batch, c_in, size, size], device);
+        let w = input([c_out, c_in / groups, k, k], device);
         let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], groups);
-        bench(&format!("{label}, burn"), shape, iters, &x, |x| {
+        let name = conv_name(k, stride, c_out, groups);
+        bench(&mut group, &format!("{name}, burn"), &x, |x| {
             module::conv2d(x, w.clone(), None, options.clone())
         });
-        bench(&format!("{label}, ibn-net"), shape, iters, &x, |x| {
-            kernel::conv2d(x, w.clone(), None, options.clone())
-        });
+        let ours = |x| kernel::conv2d(x, w.clone(), None, options.clone());
+        bench(&mut group, &format!("{name}, ibn-net"), &x, ours);
         if k == 3 && stride == 1 && groups == 1 {
-            kernel::set_winograd(false);
-            bench(
-                &format!("{label}, ibn-net, winograd off"),
-                shape,
-                iters,
-                &x,
-                |x| kernel::conv2d(x, w.clone(), None, options.clone()),
-            );
-            kernel::set_winograd(true);
+            without_winograd(|| {
+                bench(
+                    &mut group,
+                    &format!("{name}, ibn-net, winograd off"),
+                    &x,
+                    ours,
+                )
+            });
         }
     }
+    group.finish();
+}
 
-    // Training steps of the norm layers (forward + backward on an autodiff device).
-    #[cfg(feature = "autodiff")]
-    {
-        let train = device.clone().autodiff();
-        // Forward, then the input gradient of the sum of the output.
-        fn step(x: Tensor<4>, forward: impl Fn(Tensor<4>) -> Tensor<4>) -> Tensor<4> {
-            let x = x.require_grad();
-            let grads = forward(x.clone()).sum().backward();
-            x.grad(&grads).expect("input gradient")
-        }
-        for (channels, size) in [(64, 56), (256, 14)] {
-            let shape = [batch, channels, size, size];
-            let x = input(shape, &train);
-            // The fixed cost of a backward pass over this shape (autodiff bookkeeping,
-            // gradient seeding), common to every row below.
-            bench("train step baseline (x + 0)", shape, iters, &x, |x| {
-                step(x, |x| x.add_scalar(0.0))
+/// Forward, then the input gradient of the sum of the output.
+#[cfg(feature = "autodiff")]
+fn step(x: Tensor<4>, forward: impl Fn(Tensor<4>) -> Tensor<4>) -> Tensor<4> {
+    let x = x.require_grad();
+    let grads = forward(x.clone()).sum().backward();
+    x.grad(&grads).expect("input gradient")
+}
+
+/// Training steps of the norm layers (forward and input gradient on an autodiff device).
+#[cfg(feature = "autodiff")]
+fn norm_steps(c: &mut Criterion) {
+    let Setup { device, batch } = setup();
+    let train = device.clone().autodiff();
+    let mut group = c.benchmark_group("norm train step");
+    for (channels, size) in [(64, 56), (256, 14)] {
+        let x = input([*batch, channels, size, size], &train);
+        // The fixed cost of a backward pass over this shape (autodiff bookkeeping, gradient
+        // seeding), common to every benchmark below.
+        bench(&mut group, "baseline x + 0", &x, |x| {
+            step(x, |x| x.add_scalar(0.0))
+        });
+        let bn = BatchNorm2dConfig::new(channels).init(&train);
+        bench(&mut group, "batch norm, composed", &x, |x| {
+            step(x, |x| bn.forward_composed(x))
+        });
+        bench(&mut group, "batch norm, fused kernel", &x, |x| {
+            step(x, |x| bn.forward(x))
+        });
+        let ibn = IbnConfig::new(channels).init(&train).expect("valid");
+        bench(&mut group, "ibn layer, composed", &x, |x| {
+            step(x, |x| ibn.forward_composed(x))
+        });
+        bench(&mut group, "ibn layer, fused kernel", &x, |x| {
+            step(x, |x| ibn.forward(x))
+        });
+    }
+    group.finish();
+}
+
+/// Convolution training steps (input and weight gradients) at ResNet-50's shapes (the stem,
+/// 3x3 and 1x1 per stage, strided ones) and two grouped ones of ResNeXt-50 (32x4d).
+#[cfg(feature = "autodiff")]
+fn conv_steps(c: &mut Criterion) {
+    let Setup { device, batch } = setup();
+    let train = device.clone().autodiff();
+    let mut group = c.benchmark_group("conv train step");
+    let convs = [
+        ([3, 224], 64, 7, 2, 1),
+        ([64, 56], 64, 3, 1, 1),
+        ([128, 28], 128, 3, 1, 1),
+        ([256, 14], 256, 3, 1, 1),
+        ([512, 7], 512, 3, 1, 1),
+        ([128, 56], 128, 3, 2, 1),
+        ([64, 56], 256, 1, 1, 1),
+        ([256, 56], 64, 1, 1, 1),
+        ([512, 28], 128, 1, 1, 1),
+        ([1024, 14], 256, 1, 1, 1),
+        ([2048, 7], 512, 1, 1, 1),
+        ([256, 56], 512, 1, 2, 1),
+        ([128, 56], 128, 3, 1, 32),
+        ([512, 14], 512, 3, 1, 32),
+    ];
+    for ([c_in, size], c_out, k, stride, groups) in convs {
+        let x = input([*batch, c_in, size, size], &train);
+        let w = input([c_out, c_in / groups, k, k], &train).require_grad();
+        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], groups);
+        let name = conv_name(k, stride, c_out, groups);
+        bench(&mut group, &format!("{name}, burn"), &x, |x| {
+            step(x, |x| module::conv2d(x, w.clone(), None, options.clone()))
+        });
+        let ours = |x| step(x, |x| kernel::conv2d(x, w.clone(), None, options.clone()));
+        bench(&mut group, &format!("{name}, ibn-net"), &x, ours);
+        if k == 3 && stride == 1 && groups == 1 {
+            without_winograd(|| {
+                bench(
+                    &mut group,
+                    &format!("{name}, ibn-net, winograd off"),
+                    &x,
+                    ours,
+                )
             });
-            let bn = BatchNorm2dConfig::new(channels).init(&train);
-            bench("batch norm train step, composed", shape, iters, &x, |x| {
-                step(x, |x| bn.forward_composed(x))
-            });
-            bench(
-                "batch norm train step, fused kernel",
-                shape,
-                iters,
-                &x,
-                |x| step(x, |x| bn.forward(x)),
-            );
-            let ibn = IbnConfig::new(channels).init(&train).expect("valid");
-            bench("ibn layer train step, composed", shape, iters, &x, |x| {
-                step(x, |x| ibn.forward_composed(x))
-            });
-            bench(
-                "ibn layer train step, fused kernel",
-                shape,
-                iters,
-                &x,
-                |x| step(x, |x| ibn.forward(x)),
-            );
-        }
-        // Convolution training steps (input and weight gradients) at ResNet-50's shapes (the
-        // stem, 3x3 and 1x1 per stage, strided ones) and two grouped ones of ResNeXt-50 (32x4d).
-        let convs = [
-            ([3, 224], 64, 7, 2, 1),
-            ([64, 56], 64, 3, 1, 1),
-            ([128, 28], 128, 3, 1, 1),
-            ([256, 14], 256, 3, 1, 1),
-            ([512, 7], 512, 3, 1, 1),
-            ([128, 56], 128, 3, 2, 1),
-            ([64, 56], 256, 1, 1, 1),
-            ([256, 56], 64, 1, 1, 1),
-            ([512, 28], 128, 1, 1, 1),
-            ([1024, 14], 256, 1, 1, 1),
-            ([2048, 7], 512, 1, 1, 1),
-            ([256, 56], 512, 1, 2, 1),
-            ([128, 56], 128, 3, 1, 32),
-            ([512, 14], 512, 3, 1, 32),
-        ];
-        for ([c_in, size], c_out, k, stride, groups) in convs {
-            let shape = [batch, c_in, size, size];
-            let x = input(shape, &train);
-            let w = input([c_out, c_in / groups, k, k], &train).require_grad();
-            let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], groups);
-            let mut label = format!("conv {k}x{k}");
-            if stride > 1 {
-                label += &format!("/{stride}");
-            }
-            label += &format!(" -> {c_out}");
-            if groups > 1 {
-                label += &format!(" {groups} groups");
-            }
-            label += " train step";
-            bench(&format!("{label}, burn"), shape, iters, &x, |x| {
-                step(x, |x| module::conv2d(x, w.clone(), None, options.clone()))
-            });
-            bench(&format!("{label}, ibn-net"), shape, iters, &x, |x| {
-                step(x, |x| kernel::conv2d(x, w.clone(), None, options.clone()))
-            });
-            if k == 3 && stride == 1 && groups == 1 {
-                kernel::set_winograd(false);
-                let name = format!("{label}, ibn-net, winograd off");
-                bench(&name, shape, iters, &x, |x| {
-                    step(x, |x| kernel::conv2d(x, w.clone(), None, options.clone()))
-                });
-                kernel::set_winograd(true);
-            }
         }
     }
+    group.finish();
+}
 
-    // Blocks, stage-1 shapes of the released models.
-    let shape = [batch, 64, 56, 56];
-    let x = input(shape, &device);
-    for (label, ibn) in [
+/// Blocks at the stage-1 shapes of the released models.
+fn blocks(c: &mut Criterion) {
+    let Setup { device, batch } = setup();
+    let mut group = c.benchmark_group("block");
+    let x = input([*batch, 64, 56, 56], device);
+    for (name, ibn) in [
         ("basic block, plain", IbnMode::None),
         ("basic block, IBN-a", IbnMode::A),
         ("basic block, IBN-b", IbnMode::B),
     ] {
         let block = BasicBlockConfig::new(64, 64)
             .with_ibn(ibn)
-            .init(&device)
+            .init(device)
             .expect("valid");
-        bench(label, shape, iters, &x, |x| block.forward(x));
+        bench(&mut group, name, &x, |x| block.forward(x));
     }
-    let shape = [batch, 256, 56, 56];
-    let x = input(shape, &device);
+    let x = input([*batch, 256, 56, 56], device);
+    let bottleneck = || BottleneckConfig::new(256, 64);
     let bottlenecks = [
-        ("bottleneck, plain", BottleneckConfig::new(256, 64)),
-        (
-            "bottleneck, IBN-a",
-            BottleneckConfig::new(256, 64).with_ibn(IbnMode::A),
-        ),
-        (
-            "bottleneck, IBN-b",
-            BottleneckConfig::new(256, 64).with_ibn(IbnMode::B),
-        ),
+        ("bottleneck, plain", bottleneck()),
+        ("bottleneck, IBN-a", bottleneck().with_ibn(IbnMode::A)),
+        ("bottleneck, IBN-b", bottleneck().with_ibn(IbnMode::B)),
         (
             "resnext 32x4d bottleneck, IBN-a",
-            BottleneckConfig::new(256, 64)
+            bottleneck()
                 .with_ibn(IbnMode::A)
                 .with_cardinality(32)
                 .with_base_width(4),
         ),
         (
             "se bottleneck, IBN-a",
-            BottleneckConfig::new(256, 64)
+            bottleneck()
                 .with_ibn(IbnMode::A)
                 .with_se_reduction(Some(16)),
         ),
     ];
-    for (label, config) in bottlenecks {
-        let block = config.init(&device).expect("valid");
-        bench(label, shape, iters, &x, |x| block.forward(x));
+    for (name, config) in bottlenecks {
+        let block = config.init(device).expect("valid");
+        bench(&mut group, name, &x, |x| block.forward(x));
     }
-    let shape = [batch, 256, 56, 56];
-    let x = input(shape, &device);
     let layer = DenseLayerConfig::new(256, 32)
         .with_ibn(true)
-        .init(&device)
+        .init(device)
         .expect("valid");
-    bench("dense layer, IBN", shape, iters, &x, |x| layer.forward(x));
+    bench(&mut group, "dense layer, IBN", &x, |x| layer.forward(x));
+    group.finish();
+}
 
-    // Whole networks, evaluation, 224x224.
-    let models = [
-        "resnet18_ibn_a",
-        "resnet50_ibn_a",
-        "resnet50_ibn_b",
-        "resnext50_ibn_a",
-        "densenet121_ibn_a",
-    ];
-    for name in models.iter().take(if quick { 1 } else { models.len() }) {
-        if !selected(&format!("{name} (eval, folded)")) && !selected(&format!("{name} (eval)")) {
-            continue;
-        }
-        let model = create_model(name, &device).expect("registered").valid();
-        for b in [1, batch] {
-            let shape = [b, 3, 224, 224];
-            let x = input(shape, &device);
-            bench(&format!("{name} (eval)"), shape, iters, &x, |x| {
-                model.forward_features(x)
-            });
-            let folded = model.clone().fold_batch_norms();
-            bench(&format!("{name} (eval, folded)"), shape, iters, &x, |x| {
+/// Settings for benchmarks of tens to hundreds of milliseconds a call.
+fn slow(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+}
+
+/// Whole networks in evaluation at 224x224, batch 1 and the configured batch, as built and
+/// with their batch norms folded into the convolutions. Throughput is in images.
+fn models_eval(c: &mut Criterion) {
+    let Setup { device, batch } = setup();
+    let mut group = c.benchmark_group("model eval");
+    slow(&mut group);
+    for name in MODELS {
+        let model = create_model(name, device).expect("registered").valid();
+        let folded = model.clone().fold_batch_norms();
+        for b in [1, *batch] {
+            let x = input([b, 3, 224, 224], device);
+            group.throughput(Throughput::Elements(b as u64));
+            bench(&mut group, name, &x, |x| model.forward_features(x));
+            bench(&mut group, &format!("{name}, folded"), &x, |x| {
                 folded.forward_features(x)
             });
         }
     }
+    group.finish();
 }
+
+/// One training step of each network at 224x224 and the configured batch: forward,
+/// cross-entropy against random labels, backward, SGD with momentum.
+#[cfg(feature = "autodiff")]
+fn models_train(c: &mut Criterion) {
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::optim::momentum::MomentumConfig;
+    use burn::optim::{GradientsParams, SgdConfig};
+    use burn::tensor::Int;
+
+    let Setup { device, batch } = setup();
+    let train = device.clone().autodiff();
+    let mut group = c.benchmark_group("model train step");
+    slow(&mut group);
+    group.throughput(Throughput::Elements(*batch as u64));
+    for name in MODELS {
+        let mut model = Some(create_model(name, &train).expect("registered"));
+        let x = input([*batch, 3, 224, 224], &train);
+        let labels = Tensor::<1, Int>::random([*batch], Distribution::Uniform(0.0, 1000.0), &train);
+        let loss_fn = CrossEntropyLossConfig::new().init(&train);
+        let mut optim = SgdConfig::new()
+            .with_momentum(Some(MomentumConfig::new().with_dampening(0.0)))
+            .init();
+        let mut step = || {
+            let current = model.take().expect("model");
+            let loss = loss_fn.forward(current.forward(x.clone()), labels.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &current);
+            model = Some(optim.step(0.01, current, grads));
+            train.sync().expect("device sync");
+        };
+        let mut warm = false;
+        let id = criterion::BenchmarkId::new(name, dims(x.dims()));
+        group.bench_function(id, |b| {
+            // An untimed first step, as in `bench`.
+            if !std::mem::replace(&mut warm, true) {
+                step();
+            }
+            b.iter(&mut step)
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    // Defaults for millisecond-scale calls; the command line overrides them.
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = norms, convs, blocks, models_eval
+}
+
+#[cfg(feature = "autodiff")]
+criterion_group! {
+    name = training;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = norm_steps, conv_steps, models_train
+}
+
+#[cfg(feature = "autodiff")]
+criterion_main!(benches, training);
+#[cfg(not(feature = "autodiff"))]
+criterion_main!(benches);

@@ -135,7 +135,8 @@ if [[ -f "$profile_dir/profile.log" ]]; then
         --autotune "$profile_dir/autotune.log" >"$out/kernel-profile.md" 2>&1
     head -n 16 "$out/kernel-profile.md"
 fi
-step norms "$bin/layer_bench" --device wgpu --filter "norm" --iters 20
-step ibn-layers "$bin/layer_bench" --device wgpu --filter "ibn layer" --iters 20
+# The norm and IBN layers (criterion; names matching `norm`, training steps included).
+step norms env IBN_BENCH_DEVICE=wgpu "$bin/layer_bench" --bench norm --sample-size 10 \
+    --warm-up-time 1 --measurement-time 2
 step train-wgpu-burn-conv "$bin/bench" --device wgpu --models resnet50_ibn_a --batches 1 \
     --iters 20 --json --gpu-conv burn
