@@ -3,7 +3,8 @@
 //! and backward) against a float64 direct convolution computed here: output and
 //! the gradients of input, weight and bias, over strides, asymmetric padding, dilation, groups,
 //! 1x1 to 7x7 kernels, a non-contiguous input and inputs large enough to be unfolded in blocks
-//! of output rows or transformed in blocks of tiles (CPU devices only). The CPU cases run in
+//! of output rows or transformed in blocks of tiles (CPU devices only); and the output of
+//! `conv2d_with` (a residual added and ReLU applied, by the kernels on CPU devices). The CPU cases run in
 //! 1- and 2-thread pools, so both batch paths (the batch split into runs of samples across
 //! threads, including a run of two; one sample at a time, parallel inside) are taken on any
 //! machine. Tolerance: 1e-5 of the reference's largest magnitude.
@@ -13,7 +14,9 @@ use std::sync::Mutex;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use ibn_net::device::{available_devices, device_from_name};
-use ibn_net::kernel::{GpuConv, conv2d, set_gpu_conv, set_winograd, winograd_enabled};
+use ibn_net::kernel::{
+    Epilogue, GpuConv, conv2d, conv2d_with, set_gpu_conv, set_winograd, winograd_enabled,
+};
 
 const TOL: f64 = 1e-5;
 
@@ -290,6 +293,57 @@ fn check(device: &Device, label: &str, c: &Case) {
     assert_eq!(y.dims(), [c.batch, c.c_out, oh, ow], "{}", what("shape"));
     assert_close(&what("output"), &y.into_data(), &expected.y);
 
+    // `conv2d_with` (on CPUs the kernels add the residual and apply ReLU as they write). The
+    // inputs are positive, so ReLU alone runs on the negated input's output, and the residual
+    // spans the output's range: both leave roughly half of the values at zero.
+    let relu = |v: f64| v.max(0.0);
+    let plane = oh * ow;
+    let b_of = |i: usize| bv.as_ref().map_or(0.0, |b| b[i / plane % c.c_out]);
+    let y = conv2d_with(
+        x.clone().neg(),
+        weight.clone(),
+        bias.clone(),
+        c.options(),
+        Epilogue::relu(),
+    );
+    // conv(-x) + b = -(y - b) + b.
+    let reference: Vec<f64> = (expected.y.iter().enumerate())
+        .map(|(i, &v)| relu(2.0 * b_of(i) - v))
+        .collect();
+    assert_close(&what("output, ReLU"), &y.into_data(), &reference);
+    let y_max = expected.y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let spread = Distribution::Uniform(-y_max, y_max);
+    let residual = Tensor::<4>::random([c.batch, c.c_out, oh, ow], spread, device);
+    let rv = values(&residual.to_data());
+    let epilogue = Epilogue::add_relu(residual.clone());
+    let y = conv2d_with(
+        x.clone(),
+        weight.clone(),
+        bias.clone(),
+        c.options(),
+        epilogue,
+    );
+    let reference: Vec<f64> = expected
+        .y
+        .iter()
+        .zip(&rv)
+        .map(|(&v, &r)| relu(v + r))
+        .collect();
+    assert_close(&what("output + residual, ReLU"), &y.into_data(), &reference);
+    let epilogue = Epilogue {
+        residual: Some(residual),
+        relu: false,
+    };
+    let y = conv2d_with(
+        x.clone(),
+        weight.clone(),
+        bias.clone(),
+        c.options(),
+        epilogue,
+    );
+    let reference: Vec<f64> = expected.y.iter().zip(&rv).map(|(&v, &r)| v + r).collect();
+    assert_close(&what("output + residual"), &y.into_data(), &reference);
+
     // Gradients: d(sum(y * dy)) / d(x, weight, bias).
     let ad = device.clone().autodiff();
     let x = Tensor::<4>::from_data(x.into_data(), &ad).require_grad();
@@ -481,4 +535,22 @@ fn conv2d_names_a_bias_mismatch() {
 #[should_panic(expected = "does not fit the padded input size 4")]
 fn conv2d_names_a_kernel_larger_than_the_input() {
     conv_of([1, 2, 2, 2], [4, 2, 5, 5], None);
+}
+
+#[test]
+#[should_panic(
+    expected = "conv2d_with: the residual's shape [1, 4, 8, 7] differs from the output's [1, 4, 8, 8]"
+)]
+fn conv2d_with_names_a_residual_of_another_shape() {
+    let device = Device::default();
+    let zeros = |shape: [usize; 4]| Tensor::<4>::zeros(shape, &device);
+    let epilogue = Epilogue::add_relu(zeros([1, 4, 8, 7]));
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    conv2d_with(
+        zeros([1, 2, 8, 8]),
+        zeros([4, 2, 3, 3]),
+        None,
+        options,
+        epilogue,
+    );
 }

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::{Downsample, IbnMode, Residual, check_positive, conv, first_norm, post_norm};
 use crate::error::Result;
-use crate::kernel::{Epilogue, conv2d_module};
+use crate::kernel::Epilogue;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, InstanceNorm2d, Norm2d};
 
 /// Configuration of a [`BasicBlock`].
@@ -78,14 +78,14 @@ impl BasicBlock {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, planes, ceil(H / stride), ceil(W / stride)]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = conv2d_module(&self.conv1, input.clone());
-        let out = self.bn1.forward_with(out, Epilogue::relu());
-        let out = conv2d_module(&self.conv2, out);
+        let out = self
+            .bn1
+            .after_conv(&self.conv1, input.clone(), Epilogue::relu());
         let residual = Residual {
             se: None,
             downsample: self.downsample.as_ref(),
             post: self.post_in.as_ref(),
         };
-        residual.finish(|x, e| self.bn2.forward_with(x, e), out, input)
+        residual.finish(|e| self.bn2.after_conv(&self.conv2, out, e), input)
     }
 }

@@ -10,7 +10,7 @@ use super::{
     conv, first_norm, post_norm,
 };
 use crate::error::{IbnError, Result};
-use crate::kernel::{Epilogue, conv2d_module};
+use crate::kernel::Epilogue;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, InstanceNorm2d, Norm2d};
 
 /// Output channels per `planes` of a bottleneck.
@@ -131,16 +131,15 @@ impl Bottleneck {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, 4 * planes, ceil(H / stride), ceil(W / stride)]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = conv2d_module(&self.conv1, input.clone());
-        let out = self.bn1.forward_with(out, Epilogue::relu());
-        let out = conv2d_module(&self.conv2, out);
-        let out = self.bn2.forward_with(out, Epilogue::relu());
-        let out = conv2d_module(&self.conv3, out);
+        let out = self
+            .bn1
+            .after_conv(&self.conv1, input.clone(), Epilogue::relu());
+        let out = self.bn2.after_conv(&self.conv2, out, Epilogue::relu());
         let residual = Residual {
             se: self.se.as_ref(),
             downsample: self.downsample.as_ref(),
             post: self.post_in.as_ref(),
         };
-        residual.finish(|x, e| self.bn3.forward_with(x, e), out, input)
+        residual.finish(|e| self.bn3.after_conv(&self.conv3, out, e), input)
     }
 }

@@ -78,11 +78,9 @@ impl DenseLayer {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, growth_rate, H, W]` (the new features only)
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = conv2d_module(
-            &self.conv1,
-            self.norm1.forward_with(input, Epilogue::relu()),
-        );
-        conv2d_module(&self.conv2, self.norm2.forward_with(out, Epilogue::relu()))
+        let out = self.norm1.forward_with(input, Epilogue::relu());
+        let out = self.norm2.after_conv(&self.conv1, out, Epilogue::relu());
+        conv2d_module(&self.conv2, out)
     }
 }
 

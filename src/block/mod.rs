@@ -25,7 +25,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IbnError, Result};
-use crate::kernel::{Epilogue, conv2d_module};
+use crate::kernel::Epilogue;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig, IbnConfig, InstanceNorm2d, Norm2d};
 
 /// Which IBN variant a residual block uses.
@@ -127,7 +127,7 @@ impl Downsample {
     /// - `input`: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H / stride, W / stride]`
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(conv2d_module(&self.conv, input))
+        self.bn.after_conv(&self.conv, input, Epilogue::default())
     }
 }
 
@@ -143,14 +143,14 @@ pub(crate) struct Residual<'a> {
 }
 
 impl Residual<'_> {
-    /// Finishes the block: `out` is the last convolution's output, `identity` the block's
-    /// input, `norm` the last norm's `forward_with`. Without squeeze-excitation, the addition
-    /// runs inside that norm's pass, and so does ReLU without an IBN-b instance norm, which
-    /// otherwise applies it in its own pass.
+    /// Finishes the block: `last` computes the last convolution and norm followed by an
+    /// epilogue (`BatchNorm2d::after_conv`), `identity` is the block's input. Without
+    /// squeeze-excitation, the addition runs inside that norm's pass (or the convolution's,
+    /// when the norm is folded into it), and so does ReLU without an IBN-b instance norm,
+    /// which otherwise applies it in its own pass.
     pub fn finish(
         &self,
-        norm: impl Fn(Tensor<4>, Epilogue) -> Tensor<4>,
-        out: Tensor<4>,
+        last: impl FnOnce(Epilogue) -> Tensor<4>,
         identity: Tensor<4>,
     ) -> Tensor<4> {
         let shortcut = match self.downsample {
@@ -166,9 +166,9 @@ impl Residual<'_> {
                     residual: Some(shortcut),
                     relu: relu_in_norm,
                 };
-                norm(out, then)
+                last(then)
             }
-            Some(se) => se.forward(norm(out, Epilogue::default())) + shortcut,
+            Some(se) => se.forward(last(Epilogue::default())) + shortcut,
         };
         match self.post {
             Some(post) => post.forward_with(out, Epilogue::relu()),

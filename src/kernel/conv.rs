@@ -14,6 +14,8 @@ use burn::tensor::Tensor;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 
+use super::Epilogue;
+
 /// 2-d convolution with the contract of burn's `burn::tensor::module::conv2d`.
 ///
 /// On flex and ndarray devices (with or without autodiff) it runs this crate's kernels:
@@ -61,6 +63,49 @@ pub fn conv2d(
         return conv2d_kernels(x, weight, bias, options);
     }
     burn_conv2d(x, weight, bias, options)
+}
+
+/// [`conv2d`] followed by `epilogue`: `relu(conv2d(x, weight, bias) + residual)`, each part as
+/// the epilogue asks; for convolutions whose following batch norm has been folded into them
+/// ([`ResNetIbn::fold_batch_norms`](crate::model::ResNetIbn::fold_batch_norms)).
+///
+/// On flex and ndarray devices without autodiff the convolution kernels add the bias and the
+/// residual and apply ReLU as they write each block of output values, while those are still
+/// in cache: no further passes over the output and no intermediate tensor. Elsewhere (GPU
+/// devices, autodiff) it is `epilogue.apply(conv2d(x, weight, bias, options))`.
+///
+/// # Shapes
+/// As [`conv2d`]; the epilogue's residual: `[N, C_out, OH, OW]`, the output's.
+///
+/// # Panics
+/// As [`conv2d`], and when the residual's shape differs from the output's.
+pub fn conv2d_with(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+    epilogue: Epilogue,
+) -> Tensor<4> {
+    if epilogue.is_identity() {
+        return conv2d(x, weight, bias, options);
+    }
+    check(&x, &weight, bias.as_ref(), &options);
+    if let Some(residual) = &epilogue.residual {
+        let [n, _, h, w] = x.dims();
+        let [c_out, _, kh, kw] = weight.dims();
+        let size = |s, k, axis| output_size(s, k, &options, axis).expect("checked");
+        let out = [n, c_out, size(h, kh, 0), size(w, kw, 1)];
+        assert!(
+            residual.dims() == out,
+            "conv2d_with: the residual's shape {:?} differs from the output's {out:?}",
+            residual.dims()
+        );
+    }
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    if cpu::on_cpu_backend(&x.device()) && !x.device().is_autodiff() {
+        return cpu::conv2d_finish(x, weight, bias, options, epilogue);
+    }
+    epilogue.apply(conv2d(x, weight, bias, options))
 }
 
 static WINOGRAD: AtomicBool = AtomicBool::new(true);
@@ -200,21 +245,24 @@ pub(super) fn output_size(
 /// [`conv2d`] with the weights, bias and options of a burn `Conv2d` module (what
 /// `Conv2d::forward` computes).
 pub(crate) fn conv2d_module(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv2d_module_with(conv, x, Epilogue::default())
+}
+
+/// [`conv2d_with`] with the weights, bias and options of a burn `Conv2d` module.
+pub(crate) fn conv2d_module_with(conv: &Conv2d, x: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {
     let padding = match conv.padding {
         PaddingConfig2d::Valid => [(0, 0); 2],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
         // Input-dependent padding: burn's own forward works it out.
-        PaddingConfig2d::Same => return conv.forward(x),
+        PaddingConfig2d::Same => return epilogue.apply(conv.forward(x)),
     };
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
-    conv2d(
-        x,
-        conv.weight.val(),
-        conv.bias.as_ref().map(|b| b.val()),
-        options,
-    )
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    conv2d_with(x, conv.weight.val(), bias, options, epilogue)
 }
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub use cpu::ConvFinishKernels;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub(crate) use cpu::on_cpu_backend;
 
@@ -299,8 +347,63 @@ fn conv2d_kernels(
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod cpu {
-    use burn::backend::DispatchDevice;
-    use burn::tensor::Device;
+    use burn::backend::tensor::FloatTensor;
+    use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Device, Tensor};
+
+    use super::super::Epilogue;
+
+    /// The backend operation behind [`conv2d_with`](super::conv2d_with) on the CPU backends
+    /// in inference. Not meant to be called directly.
+    #[backend_extension(
+        Flex: cfg(feature = "flex"),
+        NdArray: cfg(feature = "ndarray")
+    )]
+    pub trait ConvFinishKernels: Backend {
+        /// [`ConvKernels::conv2d_unfold`](super::ConvKernels::conv2d_unfold) that also adds
+        /// `residual` (`[N, C_out, OH, OW]`, when `with_residual`) and then applies ReLU
+        /// (when `relu`) as it writes the output.
+        #[allow(clippy::too_many_arguments)]
+        fn conv2d_finish(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: FloatTensor<Self>,
+            with_bias: bool,
+            residual: FloatTensor<Self>,
+            with_residual: bool,
+            relu: bool,
+            options: ConvOptions<2>,
+        ) -> FloatTensor<Self>;
+    }
+
+    /// [`conv2d_with`](super::conv2d_with) through [`ConvFinishKernels`] (shapes checked by
+    /// the caller).
+    pub(super) fn conv2d_finish(
+        x: Tensor<4>,
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        options: ConvOptions<2>,
+        epilogue: Epilogue,
+    ) -> Tensor<4> {
+        let device = x.device();
+        let (with_bias, with_residual) = (bias.is_some(), epilogue.residual.is_some());
+        // Unread stand-ins for what is not there.
+        let bias = bias.unwrap_or_else(|| Tensor::zeros([1], &device));
+        let residual = epilogue
+            .residual
+            .unwrap_or_else(|| Tensor::zeros([1, 1, 1, 1], &device));
+        Tensor::from_dispatch(<Dispatch as ConvFinishKernels>::conv2d_finish(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            with_bias,
+            residual.into_dispatch(),
+            with_residual,
+            epilogue.relu,
+            options,
+        ))
+    }
 
     /// Whether `device` (or the device an autodiff device wraps) is a CPU backend with these
     /// kernels.

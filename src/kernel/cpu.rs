@@ -68,7 +68,7 @@ fn affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) {
 
 /// ReLU that keeps NaN (as PyTorch and burn do).
 #[inline(always)]
-fn relu(v: f32) -> f32 {
+pub(super) fn relu(v: f32) -> f32 {
     if v > 0.0 || v.is_nan() { v } else { 0.0 }
 }
 
@@ -656,8 +656,8 @@ mod backends {
 
     use burn::tensor::ops::ConvOptions;
 
-    use super::super::conv::{ConvKernels, output_size};
-    use super::super::im2col::{ConvGeometry, conv2d_backward, conv2d_forward};
+    use super::super::conv::{ConvFinishKernels, ConvKernels, output_size};
+    use super::super::im2col::{ConvGeometry, Finish, conv2d_backward, conv2d_forward};
     use super::super::pool::cpu::PoolKernels;
     use super::super::pool::{PoolGeometry, max_pool_backward_planes, max_pool_planes};
     use super::super::{NormKernels, dims4, direct, winograd};
@@ -1219,16 +1219,19 @@ mod backends {
         }
     }
 
-    pub(in super::super) fn conv2d_unfold<B: CpuAccess>(
+    /// The forward convolution: `bias` `[C_out]` and `residual` `[N, C_out, OH, OW]` added
+    /// when given, then ReLU when `relu`, as the kernels write the output.
+    pub(in super::super) fn conv2d_finished<B: CpuAccess>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
-        bias: FloatTensor<B>,
-        with_bias: bool,
+        bias: Option<FloatTensor<B>>,
+        residual: Option<FloatTensor<B>>,
+        relu: bool,
         options: ConvOptions<2>,
     ) -> FloatTensor<B> {
         let (dtype, device) = (x.dtype(), x.device());
         let g = conv_geometry(&x.shape(), &weight.shape(), &options);
-        let bias = with_bias.then(|| read::<B>(bias));
+        let bias = bias.map(read::<B>);
         let forward = if winograd::applies(&g) && !direct::preferred_over_winograd(&g) {
             winograd::conv2d_forward
         } else if direct::applies(&g) {
@@ -1236,9 +1239,18 @@ mod backends {
         } else {
             conv2d_forward
         };
-        let out = B::with_f32(x, |x| {
-            B::with_f32(weight, |w| forward(&g, x, w, bias.as_deref()))
-        });
+        let run = |residual: Option<&[f32]>| {
+            let finish = Finish {
+                bias: bias.as_deref(),
+                residual,
+                relu,
+            };
+            B::with_f32(x, |x| B::with_f32(weight, |w| forward(&g, x, w, finish)))
+        };
+        let out = match residual {
+            Some(residual) => B::with_f32(residual, |r| run(Some(r))),
+            None => run(None),
+        };
         let shape = Shape::new([g.batch, g.c_out, g.out[0], g.out[1]]);
         write::<B>(out, shape, dtype, &device)
     }
@@ -1280,7 +1292,8 @@ mod backends {
                     with_bias: bool,
                     options: ConvOptions<2>,
                 ) -> FloatTensor<Self> {
-                    conv2d_unfold::<Self>(x, weight, bias, with_bias, options)
+                    let bias = with_bias.then_some(bias);
+                    conv2d_finished::<Self>(x, weight, bias, None, false, options)
                 }
 
                 fn conv2d_unfold_backward(
@@ -1290,6 +1303,23 @@ mod backends {
                     options: ConvOptions<2>,
                 ) -> (FloatTensor<Self>, FloatTensor<Self>) {
                     conv2d_unfold_backward::<Self>(x, weight, grad, options)
+                }
+            }
+
+            impl ConvFinishKernels for $backend {
+                fn conv2d_finish(
+                    x: FloatTensor<Self>,
+                    weight: FloatTensor<Self>,
+                    bias: FloatTensor<Self>,
+                    with_bias: bool,
+                    residual: FloatTensor<Self>,
+                    with_residual: bool,
+                    relu: bool,
+                    options: ConvOptions<2>,
+                ) -> FloatTensor<Self> {
+                    let bias = with_bias.then_some(bias);
+                    let residual = with_residual.then_some(residual);
+                    conv2d_finished::<Self>(x, weight, bias, residual, relu, options)
                 }
             }
         };

@@ -31,7 +31,7 @@ use core::ops::Range;
 use rayon::prelude::*;
 
 use super::buffer::{assume_init, uninit};
-use super::im2col::{self, ConvGeometry, valid_range, with_scratch};
+use super::im2col::{self, ConvGeometry, Finish, valid_range, with_scratch};
 use super::simd::{SimdLevel, multiversion, simd_level};
 
 /// Most output channels per tile.
@@ -201,18 +201,19 @@ fn blocks(cog: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// Forward convolution: `x` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, kh, kw]`,
-/// optional `bias` `[C_out]`; returns `[N, C_out, OH, OW]`.
+/// `finish` for the whole output, applied as each tile's values are copied out; returns
+/// `[N, C_out, OH, OW]`.
 pub(super) fn conv2d_forward(
     g: &ConvGeometry,
     x: &[f32],
     weight: &[f32],
-    bias: Option<&[f32]>,
+    finish: Finish<'_>,
 ) -> Vec<f32> {
     // `applies` checked the instructions; were they capped since, im2col is the fallback.
     let Some(isa) = Isa::at(simd_level()) else {
-        return im2col::conv2d_forward(g, x, weight, bias);
+        return im2col::conv2d_forward(g, x, weight, finish);
     };
-    forward(isa, g, x, weight, bias)
+    forward(isa, g, x, weight, finish)
 }
 
 /// The input gradient of a stride-1 convolution `g`, `[N, C_in, H, W]`, as the direct
@@ -224,13 +225,7 @@ pub(super) fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Option
 }
 
 /// [`conv2d_forward`] with the tile kernels for `isa`.
-fn forward(
-    isa: Isa,
-    g: &ConvGeometry,
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
+fn forward(isa: Isa, g: &ConvGeometry, x: &[f32], weight: &[f32], finish: Finish<'_>) -> Vec<f32> {
     let layout = Layout::new(g, isa);
     let packed = pack_weights(g, weight);
     let (cig, cog, n_out) = (g.c_in / g.groups, g.c_out / g.groups, g.out_plane());
@@ -257,8 +252,8 @@ fn forward(
             let channels = grp * cog + c0..grp * cog + c0 + y.len() / n_out;
             let x = &x[(b * g.groups + grp) * in_group..][..in_group];
             let w = &packed[channels.start * kg..channels.end * kg];
-            let bias = bias.map(|bias| &bias[channels]);
-            with_scratch(scratch, |s| group_conv(g, &layout, x, w, bias, s, y));
+            let finish = finish.part(channels.clone(), (b * g.c_out + channels.start) * n_out);
+            with_scratch(scratch, |s| group_conv(g, &layout, x, w, &finish, s, y));
         });
     // SAFETY: the tasks cover the output, and each writes every value of its part.
     unsafe { assume_init(y) }
@@ -273,7 +268,7 @@ fn group_conv_body(
     layout: &Layout,
     x: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
+    finish: &Finish<'_>,
     scratch: &mut [f32],
     y: &mut [core::mem::MaybeUninit<f32>],
 ) {
@@ -291,23 +286,14 @@ fn group_conv_body(
         let out = &mut out[co0 * layout.positions..(co0 + n) * layout.positions];
         run_tiles(layout, cig, planes, w, out, n);
     }
-    // Keep the first `OW` of every `wq` positions, adding the bias.
+    // Keep the first `OW` of every `wq` positions, finished.
     let (ow, n_out) = (g.out[1], g.out_plane());
     for c in 0..cog {
         let src = &out[c * layout.positions..];
         let rows = y[c * n_out..(c + 1) * n_out].chunks_exact_mut(ow);
         for (oy, dst) in rows.enumerate() {
-            let row = dst.iter_mut().zip(&src[oy * layout.wq..]);
-            // Without a bias the sums are copied as they are (adding 0.0 would turn -0.0
-            // into +0.0, which the other algorithms keep).
-            match bias {
-                Some(b) => row.for_each(|(d, &s)| {
-                    d.write(s + b[c]);
-                }),
-                None => row.for_each(|(d, &s)| {
-                    d.write(s);
-                }),
-            }
+            let at = c * n_out + oy * ow;
+            finish.write(c, at, &src[oy * layout.wq..][..ow], dst);
         }
     }
 }
@@ -318,7 +304,7 @@ multiversion! {
         layout: &Layout,
         x: &[f32],
         w: &[f32],
-        bias: Option<&[f32]>,
+        finish: &Finish<'_>,
         scratch: &mut [f32],
         y: &mut [core::mem::MaybeUninit<f32>],
     ) => group_conv_body
@@ -670,8 +656,8 @@ mod tests {
     /// replaces, itself held to a float64 reference in `tests/conv.rs`), over ResNeXt's group
     /// shapes, ungrouped 7x7 and 3x3 kernels, strides 1 to 3, dilation, asymmetric padding,
     /// padding wider than the kernel, output channels per group that are not a multiple of
-    /// the tile (blocks of 8, 4, 2 and 1) or split across tasks, depthwise groups, bias, each
-    /// instruction set this CPU has, and one and two threads.
+    /// the tile (blocks of 8, 4, 2 and 1) or split across tasks, depthwise groups, bias (and
+    /// a residual and ReLU), each instruction set this CPU has, and one and two threads.
     #[test]
     fn direct_convolution_matches_im2col() {
         let same = [(1, 1), (1, 1)];
@@ -700,13 +686,28 @@ mod tests {
             let x = values(g.batch * g.c_in * g.h * g.w, 2 * k as u64);
             let w = values(g.c_out * cig * g.kernel[0] * g.kernel[1], 2 * k as u64 + 1);
             let b = values(g.c_out, 99 + k as u64);
-            let expected = im2col::conv2d_forward(g, &x, &w, Some(&b));
+            let n_out = g.out_plane();
+            // Every other case also adds a residual and applies ReLU as it copies out.
+            let r = values(g.batch * g.c_out * n_out, 199 + k as u64);
+            let finish = Finish {
+                bias: Some(&b),
+                residual: (k % 2 == 1).then_some(&r[..]),
+                relu: k % 2 == 1,
+            };
+            let expected: Vec<f32> = im2col::conv2d_forward(g, &x, &w, Finish::default())
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| {
+                    let v = y + b[i / n_out % g.c_out];
+                    if finish.relu { (v + r[i]).max(0.0) } else { v }
+                })
+                .collect();
             for (isa, threads) in isas().into_iter().flat_map(|i| [(i, 1), (i, 2)]) {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
                     .expect("a thread pool");
-                let y = pool.install(|| forward(isa, g, &x, &w, Some(&b)));
+                let y = pool.install(|| forward(isa, g, &x, &w, finish));
                 assert_eq!(y.len(), expected.len(), "case {k}: output size");
                 let worst = y
                     .iter()

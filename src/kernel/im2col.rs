@@ -44,9 +44,136 @@ pub(super) struct ConvGeometry {
     pub out: [usize; 2],
 }
 
-/// A forward convolution: `(geometry, x, weight, bias)` to the output `[N, C_out, OH, OW]`
+/// A forward convolution: `(geometry, x, weight, finish)` to the output `[N, C_out, OH, OW]`
 /// (im2col's, Winograd's and the direct kernel's `conv2d_forward`).
-pub(super) type ForwardFn = fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>;
+pub(super) type ForwardFn = fn(&ConvGeometry, &[f32], &[f32], Finish<'_>) -> Vec<f32>;
+
+/// What a forward convolution does to its sums as it writes them: adds the bias (per output
+/// channel) and a residual (one value per output value), then applies ReLU, each when asked.
+/// Done by each kernel where the values are still in cache, this saves the passes a bias, a
+/// residual addition and a ReLU would otherwise take.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Finish<'a> {
+    /// `[C]` for the part's `C` output channels.
+    pub bias: Option<&'a [f32]>,
+    /// The part's values, in the output's layout, from its first output value on.
+    pub residual: Option<&'a [f32]>,
+    /// ReLU last (NaN stays NaN).
+    pub relu: bool,
+}
+
+/// `dst = relu(src + b + r)`, each term as the const parameters ask (`b` per channel, `r`
+/// from `residual`, which is not read without `RESIDUAL`).
+#[inline(always)]
+fn finish_values<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
+    src: &[f32],
+    residual: &[f32],
+    b: f32,
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let f = |s: f32, r: f32| {
+        let mut v = s;
+        if BIAS {
+            v += b;
+        }
+        if RESIDUAL {
+            v += r;
+        }
+        if RELU { super::cpu::relu(v) } else { v }
+    };
+    if RESIDUAL {
+        for ((d, &s), &r) in dst.iter_mut().zip(src).zip(residual) {
+            d.write(f(s, r));
+        }
+    } else {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            d.write(f(s, 0.0));
+        }
+    }
+}
+
+/// [`finish_values`] in place.
+#[inline(always)]
+fn finish_in_place<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
+    values: &mut [f32],
+    residual: &[f32],
+    b: f32,
+) {
+    let f = |s: f32, r: f32| {
+        let mut v = s;
+        if BIAS {
+            v += b;
+        }
+        if RESIDUAL {
+            v += r;
+        }
+        if RELU { super::cpu::relu(v) } else { v }
+    };
+    if RESIDUAL {
+        for (v, &r) in values.iter_mut().zip(residual) {
+            *v = f(*v, r);
+        }
+    } else {
+        for v in values.iter_mut() {
+            *v = f(*v, 0.0);
+        }
+    }
+}
+
+/// Calls `$f::<BIAS, RESIDUAL, RELU>($args)` for the flags of a [`Finish`].
+macro_rules! with_flags {
+    ($finish:expr, $f:ident($($args:expr),*)) => {
+        match ($finish.bias.is_some(), $finish.residual.is_some(), $finish.relu) {
+            (false, false, false) => $f::<false, false, false>($($args),*),
+            (false, false, true) => $f::<false, false, true>($($args),*),
+            (false, true, false) => $f::<false, true, false>($($args),*),
+            (false, true, true) => $f::<false, true, true>($($args),*),
+            (true, false, false) => $f::<true, false, false>($($args),*),
+            (true, false, true) => $f::<true, false, true>($($args),*),
+            (true, true, false) => $f::<true, true, false>($($args),*),
+            (true, true, true) => $f::<true, true, true>($($args),*),
+        }
+    };
+}
+
+impl<'a> Finish<'a> {
+    /// Whether it leaves the sums as they are.
+    pub fn is_identity(&self) -> bool {
+        self.bias.is_none() && self.residual.is_none() && !self.relu
+    }
+
+    /// The part for output channels `channels` (of this part's) whose values start `offset`
+    /// values into this part's.
+    pub fn part(&self, channels: Range<usize>, offset: usize) -> Self {
+        Self {
+            bias: self.bias.map(|b| &b[channels]),
+            residual: self.residual.map(|r| &r[offset..]),
+            relu: self.relu,
+        }
+    }
+
+    /// The bias of channel `c` (0 without one) and the residual from value `at`, `len` long
+    /// (empty without one).
+    #[inline(always)]
+    fn terms(&self, c: usize, at: usize, len: usize) -> (f32, &'a [f32]) {
+        let b = self.bias.map_or(0.0, |b| b[c]);
+        (b, self.residual.map_or(&[][..], |r| &r[at..at + len]))
+    }
+
+    /// Writes `src`, finished, to `dst`: values of channel `c` from value `at` of the part.
+    #[inline(always)]
+    pub fn write(&self, c: usize, at: usize, src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+        let (b, r) = self.terms(c, at, src.len());
+        with_flags!(self, finish_values(src, r, b, dst))
+    }
+
+    /// Finishes `values` in place: values of channel `c` from value `at` of the part.
+    #[inline(always)]
+    pub fn apply(&self, c: usize, at: usize, values: &mut [f32]) {
+        let (b, r) = self.terms(c, at, values.len());
+        with_flags!(self, finish_in_place(values, r, b))
+    }
+}
 
 impl ConvGeometry {
     /// Rows of `col` per group: `C_in / groups * kh * kw`.
@@ -111,7 +238,7 @@ impl ConvGeometry {
             &transposed,
             dy,
             &self.flipped_weights(weight),
-            None,
+            Finish::default(),
         ))
     }
 
@@ -641,12 +768,13 @@ fn for_groups<T: Send>(
 }
 
 /// Forward convolution: `x` `[N, C_in, H, W]`, `weight` `[C_out, C_in / groups, kh, kw]`,
-/// optional `bias` `[C_out]`; returns `[N, C_out, OH, OW]`.
+/// `finish` for the whole output (bias `[C_out]`, residual `[N, C_out, OH, OW]`), applied to
+/// each block of output rows right after its product; returns `[N, C_out, OH, OW]`.
 pub(super) fn conv2d_forward(
     g: &ConvGeometry,
     x: &[f32],
     weight: &[f32],
-    bias: Option<&[f32]>,
+    finish: Finish<'_>,
 ) -> Vec<f32> {
     let (n_out, kg, ow) = (g.out_plane(), g.k_group(), g.out[1]);
     let (cog, x_len) = (g.c_out / g.groups, g.c_in * g.in_plane());
@@ -671,27 +799,25 @@ pub(super) fn conv2d_forward(
                         parallel,
                     );
                 });
+                if !finish.is_identity() {
+                    // SAFETY: the products above wrote every output channel's `rows`.
+                    let yb = unsafe { assume_init_mut(yb) };
+                    let finish = finish.part(0..g.c_out, b * y_len);
+                    let block = |(c, plane): (usize, &mut [f32])| {
+                        finish.apply(c, c * n_out + start, &mut plane[start..start + nb])
+                    };
+                    if parallel {
+                        yb.par_chunks_mut(n_out.max(1)).enumerate().for_each(block);
+                    } else {
+                        yb.chunks_mut(n_out.max(1)).enumerate().for_each(block);
+                    }
+                }
             }
         }
     });
     // SAFETY: for every sample, the row blocks cover every output row and `for_groups` every
     // output channel, and each product writes its whole `[C_out / groups, rows * OW]` region.
-    let mut y = unsafe { assume_init(y) };
-    if let Some(bias) = bias {
-        add_bias(&mut y, bias, n_out);
-    }
-    y
-}
-
-/// Adds `bias[c]` to every output plane `[OH * OW]` (`plane` values) of channel `c` of `y`
-/// `[N, C_out, OH, OW]`.
-fn add_bias(y: &mut [f32], bias: &[f32], plane: usize) {
-    y.par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each(|(p, plane)| {
-            let v = bias[p % bias.len()];
-            plane.iter_mut().for_each(|y| *y += v);
-        });
+    unsafe { assume_init(y) }
 }
 
 /// Backward convolution: gradients of the input `[N, C_in, H, W]` (when `input_grad`) and of

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::buffer::{assume_init, uninit};
 use super::conv::winograd_enabled;
-use super::im2col::{ConvGeometry, View, matmul, run_tasks, sample_runs};
+use super::im2col::{ConvGeometry, Finish, View, matmul, run_tasks, sample_runs};
 use super::simd::multiversion;
 
 /// Positions of a transformed tile.
@@ -266,20 +266,21 @@ multiversion! {
         => input_channel_body
 }
 
-/// The output rows of `block` from `M [16, C_out, T]`: `A^T m A` per tile, plus the bias;
-/// `y` holds the output planes `[C_out, OH, OW]` of the block's samples, of which every row
-/// of the block's tile rows is written.
+/// The output rows of `block` from `M [16, C_out, T]`: `A^T m A` per tile, finished by
+/// `finish` (whose part starts at the block's first sample); `y` holds the output planes
+/// `[C_out, OH, OW]` of the block's samples, of which every row of the block's tile rows is
+/// written.
 fn transform_outputs(
     g: &ConvGeometry,
     m: &[f32],
     block: &Block,
-    bias: Option<&[f32]>,
+    finish: Finish<'_>,
     y: &mut [MaybeUninit<f32>],
     parallel: bool,
 ) {
     let plane = g.out[0] * g.out[1];
     each_chunk(y, plane, parallel, |p, out| {
-        output_plane(g, m, block, bias, p, out)
+        output_plane(g, m, block, &finish, p, out)
     });
 }
 
@@ -290,7 +291,7 @@ fn output_plane_body(
     g: &ConvGeometry,
     m: &[f32],
     block: &Block,
-    bias: Option<&[f32]>,
+    finish: &Finish<'_>,
     p: usize,
     out: &mut [MaybeUninit<f32>],
 ) {
@@ -299,7 +300,6 @@ fn output_plane_body(
     let [oh, ow] = g.out;
     let c_out = g.c_out;
     let (s, k) = (p / c_out, p % c_out);
-    let b = bias.map_or(0.0, |b| b[k]);
     // A^T along the rows of each tile: `s_j = m0j + m1j + m2j`,
     // `d_j = m1j - m2j - m3j`, as 8 rows of `tw`; then the two output rows.
     let mut sd = vec![0.0f32; 8 * tw];
@@ -323,14 +323,15 @@ fn output_plane_body(
             let (q1, rest) = rest.split_at(tw);
             let (q2, q3) = rest.split_at(tw);
             for (tx, pair) in half.chunks_exact_mut(2).enumerate() {
-                pair[0] = q0[tx] + q1[tx] + q2[tx] + b;
-                pair[1] = q1[tx] - q2[tx] - q3[tx] + b;
+                pair[0] = q0[tx] + q1[tx] + q2[tx];
+                pair[1] = q1[tx] - q2[tx] - q3[tx];
             }
         }
         for (i, row) in rows.chunks_exact(2 * tw).enumerate() {
             let oy = 2 * ty + i;
             if oy < oh {
-                out[oy * ow..(oy + 1) * ow].write_copy_of_slice(&row[..ow]);
+                let at = p * oh * ow + oy * ow;
+                finish.write(k, at, &row[..ow], &mut out[oy * ow..(oy + 1) * ow]);
             }
         }
     }
@@ -341,7 +342,7 @@ multiversion! {
         g: &ConvGeometry,
         m: &[f32],
         block: &Block,
-        bias: Option<&[f32]>,
+        finish: &Finish<'_>,
         p: usize,
         out: &mut [MaybeUninit<f32>],
     ) => output_plane_body
@@ -370,12 +371,13 @@ thread_local! {
 }
 
 /// Forward convolution by Winograd F(2x2, 3x3) (see [`applies`]): `x` `[N, C_in, H, W]`,
-/// `weight` `[C_out, C_in, 3, 3]`, optional `bias` `[C_out]`; returns `[N, C_out, OH, OW]`.
+/// `weight` `[C_out, C_in, 3, 3]`, `finish` for the whole output; returns `[N, C_out, OH,
+/// OW]`.
 pub(super) fn conv2d_forward(
     g: &ConvGeometry,
     x: &[f32],
     weight: &[f32],
-    bias: Option<&[f32]>,
+    finish: Finish<'_>,
 ) -> Vec<f32> {
     let (c_in, c_out) = (g.c_in, g.c_out);
     let (_, tw) = tile_counts(g);
@@ -405,7 +407,8 @@ pub(super) fn conv2d_forward(
                 products(g, u, v, m, t, parallel);
                 let y = &mut y_run[(block.samples.start - first) * y_len..]
                     [..block.samples.len() * y_len];
-                transform_outputs(g, m, &block, bias, y, parallel);
+                let finish = finish.part(0..c_out, block.samples.start * y_len);
+                transform_outputs(g, m, &block, finish, y, parallel);
             }
         },
     );

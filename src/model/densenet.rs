@@ -16,7 +16,7 @@ use crate::block::{
 };
 use crate::device::on_cpu_pool;
 use crate::error::{IbnError, Result};
-use crate::kernel::{Epilogue, conv2d_module, max_pool2d_module};
+use crate::kernel::{Epilogue, max_pool2d_module};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 
 /// Configuration of a [`DenseNetIbn`] (torchvision's DenseNet-BC with IBN-a).
@@ -193,8 +193,7 @@ impl DenseNetIbn {
     }
 
     fn stem(&self, input: Tensor<4>) -> Tensor<4> {
-        self.norm0
-            .forward_with(conv2d_module(&self.conv0, input), Epilogue::relu())
+        self.norm0.after_conv(&self.conv0, input, Epilogue::relu())
     }
 
     /// Runs dense blocks `0..=last`, returning the output of each (the last one through

@@ -17,7 +17,7 @@ use crate::block::{
 };
 use crate::device::on_cpu_pool;
 use crate::error::{IbnError, Result};
-use crate::kernel::{Epilogue, conv2d_module, max_pool2d_module};
+use crate::kernel::{Epilogue, max_pool2d_module};
 use crate::norm::{BatchNorm2dConfig, InstanceNorm2dConfig, Norm2d};
 
 /// Residual block type of a ResNet.
@@ -389,8 +389,7 @@ impl ResNetIbn {
     }
 
     fn stem(&self, input: Tensor<4>) -> Tensor<4> {
-        self.bn1
-            .forward_with(conv2d_module(&self.conv1, input), Epilogue::relu())
+        self.bn1.after_conv(&self.conv1, input, Epilogue::relu())
     }
 }
 

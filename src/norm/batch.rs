@@ -5,7 +5,11 @@ use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
-use crate::kernel::{Epilogue, plane_norm_train, plane_norm_with};
+use burn::nn::conv::Conv2d;
+
+use crate::kernel::{
+    Epilogue, conv2d_module, conv2d_module_with, plane_norm_train, plane_norm_with,
+};
 
 /// Configuration of a [`BatchNorm2d`].
 #[derive(Config, Debug)]
@@ -115,6 +119,22 @@ impl BatchNorm2d {
         let c = self.num_features();
         let (scale, shift) = self.transform_for(&input, 0..c);
         plane_norm_with(input, scale, shift, 0..0, self.epsilon, epilogue)
+    }
+
+    /// `forward_with(conv(input), epilogue)`; once this norm is folded into `conv`
+    /// ([`fold_batch_norms`](crate::model::ResNetIbn::fold_batch_norms)) the convolution's
+    /// kernels apply the epilogue as they write ([`kernel::conv2d_with`](crate::kernel::conv2d_with)),
+    /// which saves this layer's pass.
+    pub(crate) fn after_conv(
+        &self,
+        conv: &Conv2d,
+        input: Tensor<4>,
+        epilogue: Epilogue,
+    ) -> Tensor<4> {
+        if self.folded {
+            return conv2d_module_with(conv, input, epilogue);
+        }
+        self.forward_with(conv2d_module(conv, input), epilogue)
     }
 
     /// Whether a forward on `input` normalises with batch statistics (training, not folded).

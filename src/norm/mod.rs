@@ -12,7 +12,9 @@ pub use instance::{InstanceNorm2d, InstanceNorm2dConfig};
 use burn::module::{Module, RunningState};
 use burn::tensor::Tensor;
 
-use crate::kernel::Epilogue;
+use burn::nn::conv::Conv2d;
+
+use crate::kernel::{Epilogue, conv2d_module};
 
 /// Per-channel `(scale, shift)` `[C]` such that
 /// `(x - mean) / sqrt(var + epsilon) * weight + bias = x * scale + shift`.
@@ -96,6 +98,20 @@ impl Norm2d {
             Self::Batch(n) => n.forward_with(input, epilogue),
             Self::Instance(n) => n.forward_with(input, epilogue),
             Self::Ibn(n) => n.forward_with(input, epilogue),
+        }
+    }
+
+    /// `forward_with(conv(input), epilogue)`, the epilogue left to the convolution's kernels
+    /// when this is a batch norm folded into `conv` (see [`BatchNorm2d::after_conv`]).
+    pub(crate) fn after_conv(
+        &self,
+        conv: &Conv2d,
+        input: Tensor<4>,
+        epilogue: Epilogue,
+    ) -> Tensor<4> {
+        match self {
+            Self::Batch(n) => n.after_conv(conv, input, epilogue),
+            _ => self.forward_with(conv2d_module(conv, input), epilogue),
         }
     }
 
