@@ -164,13 +164,43 @@ fn conv_name(k: usize, stride: usize, c_out: usize, groups: usize) -> String {
     name
 }
 
-/// Convolutions of ResNet-50 and ResNeXt-50 (32x4d): burn's `conv2d` against this crate's
-/// (`ibn_net::kernel::conv2d`: its own kernels on flex and ndarray, burn's call elsewhere);
-/// the 3x3 stride-1 ones also with the Winograd path off.
+/// A convolution benchmark: `([C_in, size], C_out, kernel, stride, groups)`.
+type ConvShape = ([usize; 2], usize, usize, usize, usize);
+
+/// burn's `conv2d` against this crate's (`ibn_net::kernel::conv2d`: its own kernels on flex
+/// and ndarray, burn's call elsewhere) at `shapes`, the 3x3 stride-1 ones also with the
+/// Winograd path off; each call is `run(x, convolution)`, on `device`.
+fn conv_benches(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    shapes: &[ConvShape],
+    device: &Device,
+    trained_weight: bool,
+    run: impl Fn(Tensor<4>, &dyn Fn(Tensor<4>) -> Tensor<4>) -> Tensor<4>,
+) {
+    let batch = setup().batch;
+    for &([c_in, size], c_out, k, stride, groups) in shapes {
+        let x = input([batch, c_in, size, size], device);
+        let mut w = input([c_out, c_in / groups, k, k], device);
+        if trained_weight {
+            w = w.require_grad();
+        }
+        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], groups);
+        let name = conv_name(k, stride, c_out, groups);
+        let theirs = |x| module::conv2d(x, w.clone(), None, options.clone());
+        bench(group, &format!("{name}, burn"), &x, |x| run(x, &theirs));
+        let mine = |x| kernel::conv2d(x, w.clone(), None, options.clone());
+        let ours = |x| run(x, &mine);
+        bench(group, &format!("{name}, ibn-net"), &x, ours);
+        if k == 3 && stride == 1 && groups == 1 {
+            without_winograd(|| bench(group, &format!("{name}, ibn-net, winograd off"), &x, ours));
+        }
+    }
+}
+
+/// Convolutions of ResNet-50 and ResNeXt-50 (32x4d), forward (see [`conv_benches`]).
 fn convs(c: &mut Criterion) {
-    let Setup { device, batch } = setup();
     let mut group = c.benchmark_group("conv");
-    let convs = [
+    let shapes = [
         ([3, 224], 64, 7, 2, 1),
         ([64, 56], 64, 3, 1, 1),
         ([128, 28], 128, 3, 1, 1),
@@ -183,27 +213,9 @@ fn convs(c: &mut Criterion) {
         ([64, 56], 256, 1, 1, 1),
         ([256, 56], 512, 1, 2, 1),
     ];
-    for ([c_in, size], c_out, k, stride, groups) in convs {
-        let x = input([*batch, c_in, size, size], device);
-        let w = input([c_out, c_in / groups, k, k], device);
-        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], groups);
-        let name = conv_name(k, stride, c_out, groups);
-        bench(&mut group, &format!("{name}, burn"), &x, |x| {
-            module::conv2d(x, w.clone(), None, options.clone())
-        });
-        let ours = |x| kernel::conv2d(x, w.clone(), None, options.clone());
-        bench(&mut group, &format!("{name}, ibn-net"), &x, ours);
-        if k == 3 && stride == 1 && groups == 1 {
-            without_winograd(|| {
-                bench(
-                    &mut group,
-                    &format!("{name}, ibn-net, winograd off"),
-                    &x,
-                    ours,
-                )
-            });
-        }
-    }
+    conv_benches(&mut group, &shapes, &setup().device, false, |x, conv| {
+        conv(x)
+    });
     group.finish();
 }
 
@@ -250,10 +262,8 @@ fn norm_steps(c: &mut Criterion) {
 /// 3x3 and 1x1 per stage, strided ones) and two grouped ones of ResNeXt-50 (32x4d).
 #[cfg(feature = "autodiff")]
 fn conv_steps(c: &mut Criterion) {
-    let Setup { device, batch } = setup();
-    let train = device.clone().autodiff();
     let mut group = c.benchmark_group("conv train step");
-    let convs = [
+    let shapes = [
         ([3, 224], 64, 7, 2, 1),
         ([64, 56], 64, 3, 1, 1),
         ([128, 28], 128, 3, 1, 1),
@@ -269,27 +279,8 @@ fn conv_steps(c: &mut Criterion) {
         ([128, 56], 128, 3, 1, 32),
         ([512, 14], 512, 3, 1, 32),
     ];
-    for ([c_in, size], c_out, k, stride, groups) in convs {
-        let x = input([*batch, c_in, size, size], &train);
-        let w = input([c_out, c_in / groups, k, k], &train).require_grad();
-        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], groups);
-        let name = conv_name(k, stride, c_out, groups);
-        bench(&mut group, &format!("{name}, burn"), &x, |x| {
-            step(x, |x| module::conv2d(x, w.clone(), None, options.clone()))
-        });
-        let ours = |x| step(x, |x| kernel::conv2d(x, w.clone(), None, options.clone()));
-        bench(&mut group, &format!("{name}, ibn-net"), &x, ours);
-        if k == 3 && stride == 1 && groups == 1 {
-            without_winograd(|| {
-                bench(
-                    &mut group,
-                    &format!("{name}, ibn-net, winograd off"),
-                    &x,
-                    ours,
-                )
-            });
-        }
-    }
+    let train = setup().device.clone().autodiff();
+    conv_benches(&mut group, &shapes, &train, true, |x, conv| step(x, conv));
     group.finish();
 }
 

@@ -62,8 +62,24 @@ pub(super) struct Finish<'a> {
     pub relu: bool,
 }
 
-/// `dst = relu(src + b + r)`, each term as the const parameters ask (`b` per channel, `r`
-/// from `residual`, which is not read without `RESIDUAL`).
+/// `relu(s + b + r)`, each term as the const parameters ask.
+#[inline(always)]
+fn finish_value<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
+    s: f32,
+    b: f32,
+    r: f32,
+) -> f32 {
+    let mut v = s;
+    if BIAS {
+        v += b;
+    }
+    if RESIDUAL {
+        v += r;
+    }
+    if RELU { super::cpu::relu(v) } else { v }
+}
+
+/// `dst = relu(src + b + r)` ([`finish_value`]; `residual` is not read without `RESIDUAL`).
 #[inline(always)]
 fn finish_values<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
     src: &[f32],
@@ -71,23 +87,14 @@ fn finish_values<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
     b: f32,
     dst: &mut [MaybeUninit<f32>],
 ) {
-    let f = |s: f32, r: f32| {
-        let mut v = s;
-        if BIAS {
-            v += b;
-        }
-        if RESIDUAL {
-            v += r;
-        }
-        if RELU { super::cpu::relu(v) } else { v }
-    };
+    let f = finish_value::<BIAS, RESIDUAL, RELU>;
     if RESIDUAL {
         for ((d, &s), &r) in dst.iter_mut().zip(src).zip(residual) {
-            d.write(f(s, r));
+            d.write(f(s, b, r));
         }
     } else {
         for (d, &s) in dst.iter_mut().zip(src) {
-            d.write(f(s, 0.0));
+            d.write(f(s, b, 0.0));
         }
     }
 }
@@ -99,23 +106,14 @@ fn finish_in_place<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
     residual: &[f32],
     b: f32,
 ) {
-    let f = |s: f32, r: f32| {
-        let mut v = s;
-        if BIAS {
-            v += b;
-        }
-        if RESIDUAL {
-            v += r;
-        }
-        if RELU { super::cpu::relu(v) } else { v }
-    };
+    let f = finish_value::<BIAS, RESIDUAL, RELU>;
     if RESIDUAL {
         for (v, &r) in values.iter_mut().zip(residual) {
-            *v = f(*v, r);
+            *v = f(*v, b, r);
         }
     } else {
         for v in values.iter_mut() {
-            *v = f(*v, 0.0);
+            *v = f(*v, b, 0.0);
         }
     }
 }
