@@ -168,9 +168,6 @@ fn run(args: Args) -> Result<(), String> {
         save_file(&model, path).map_err(|e| e.to_string())?;
         eprintln!("saved {}", path.display());
     }
-    // Inference only from here: the batch norms folded into the convolutions (the same
-    // outputs to float32 rounding, with fewer passes over the activations).
-    let model = model.fold_batch_norms();
 
     if let (Some(input), Some(output)) = (&args.input, &args.output) {
         let array = NpyArray::read(input).map_err(|e| e.to_string())?;

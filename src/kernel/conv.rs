@@ -66,8 +66,10 @@ pub fn conv2d(
 }
 
 /// [`conv2d`] followed by `epilogue`: `relu(conv2d(x, weight, bias) + residual)`, each part as
-/// the epilogue asks; for convolutions whose following batch norm has been folded into them
-/// ([`ResNetIbn::fold_batch_norms`](crate::model::ResNetIbn::fold_batch_norms)).
+/// the epilogue asks. The models call it where a convolution ends a residual block or is
+/// followed by ReLU (with the batch norm in between applied by the same kernels in
+/// evaluation, or folded into the weights by
+/// [`ResNetIbn::fold_batch_norms`](crate::model::ResNetIbn::fold_batch_norms)).
 ///
 /// On flex and ndarray devices without autodiff the convolution kernels add the bias and the
 /// residual and apply ReLU as they write each block of output values, while those are still
@@ -90,10 +92,21 @@ pub fn conv2d_with(
         return conv2d(x, weight, bias, options);
     }
     check(&x, &weight, bias.as_ref(), &options);
-    if let Some(residual) = &epilogue.residual {
+    check_residual(&x, &weight, &options, &epilogue);
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    if finishes_in_kernels(&x) {
+        return cpu::conv2d_finish(x, weight, (None, bias), options, epilogue);
+    }
+    epilogue.apply(conv2d(x, weight, bias, options))
+}
+
+/// Panics with a message naming both shapes when the epilogue's residual does not have the
+/// shape of the convolution's output.
+fn check_residual(x: &Tensor<4>, weight: &Tensor<4>, options: &ConvOptions<2>, e: &Epilogue) {
+    if let Some(residual) = &e.residual {
         let [n, _, h, w] = x.dims();
         let [c_out, _, kh, kw] = weight.dims();
-        let size = |s, k, axis| output_size(s, k, &options, axis).expect("checked");
+        let size = |s, k, axis| output_size(s, k, options, axis).expect("checked");
         let out = [n, c_out, size(h, kh, 0), size(w, kw, 1)];
         assert!(
             residual.dims() == out,
@@ -101,11 +114,18 @@ pub fn conv2d_with(
             residual.dims()
         );
     }
+}
+
+/// Whether the convolution kernels apply epilogues (and affine maps) to `x`'s output
+/// themselves: on flex and ndarray, without autodiff.
+fn finishes_in_kernels(x: &Tensor<4>) -> bool {
     #[cfg(any(feature = "flex", feature = "ndarray"))]
-    if cpu::on_cpu_backend(&x.device()) && !x.device().is_autodiff() {
-        return cpu::conv2d_finish(x, weight, bias, options, epilogue);
+    return cpu::on_cpu_backend(&x.device()) && !x.device().is_autodiff();
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    {
+        let _ = x;
+        false
     }
-    epilogue.apply(conv2d(x, weight, bias, options))
 }
 
 static WINOGRAD: AtomicBool = AtomicBool::new(true);
@@ -261,6 +281,48 @@ pub(crate) fn conv2d_module_with(conv: &Conv2d, x: Tensor<4>, epilogue: Epilogue
     conv2d_with(x, conv.weight.val(), bias, options, epilogue)
 }
 
+/// `conv(x) * scale + shift` per output channel followed by `epilogue`, in the convolution
+/// kernels (a batch norm in evaluation applied as the convolution writes, without folding it
+/// into the weights); `None`, with nothing computed, where the kernels do not do that (see
+/// [`finishes_in_kernels`]; also input-dependent padding).
+pub(crate) fn conv2d_module_affine(
+    conv: &Conv2d,
+    x: &Tensor<4>,
+    (scale, shift): (Tensor<1>, Tensor<1>),
+    epilogue: Epilogue,
+) -> Option<Tensor<4>> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [(0, 0); 2],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        PaddingConfig2d::Same => return None,
+    };
+    if !finishes_in_kernels(x) {
+        return None;
+    }
+    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    let (x, weight) = (x.clone(), conv.weight.val());
+    check(&x, &weight, None, &options);
+    check_residual(&x, &weight, &options, &epilogue);
+    // (y + b) * scale + shift = y * scale + (b * scale + shift).
+    let shift = match &conv.bias {
+        Some(b) => b.val() * scale.clone() + shift,
+        None => shift,
+    };
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    return Some(cpu::conv2d_finish(
+        x,
+        weight,
+        (Some(scale), Some(shift)),
+        options,
+        epilogue,
+    ));
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    {
+        let _ = (x, weight, scale, shift, epilogue);
+        unreachable!("finishes_in_kernels is false without the CPU backends")
+    }
+}
+
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub use cpu::ConvFinishKernels;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
@@ -361,13 +423,16 @@ mod cpu {
         NdArray: cfg(feature = "ndarray")
     )]
     pub trait ConvFinishKernels: Backend {
-        /// [`ConvKernels::conv2d_unfold`](super::ConvKernels::conv2d_unfold) that also adds
+        /// [`ConvKernels::conv2d_unfold`](super::ConvKernels::conv2d_unfold) that also
+        /// multiplies by `scale` (`[C_out]`, when `with_scale`) before the bias, adds
         /// `residual` (`[N, C_out, OH, OW]`, when `with_residual`) and then applies ReLU
         /// (when `relu`) as it writes the output.
         #[allow(clippy::too_many_arguments)]
         fn conv2d_finish(
             x: FloatTensor<Self>,
             weight: FloatTensor<Self>,
+            scale: FloatTensor<Self>,
+            with_scale: bool,
             bias: FloatTensor<Self>,
             with_bias: bool,
             residual: FloatTensor<Self>,
@@ -377,25 +442,32 @@ mod cpu {
         ) -> FloatTensor<Self>;
     }
 
-    /// [`conv2d_with`](super::conv2d_with) through [`ConvFinishKernels`] (shapes checked by
-    /// the caller).
+    /// [`conv2d_with`](super::conv2d_with) through [`ConvFinishKernels`], the output first
+    /// multiplied by `scale` `[C_out]` when given (shapes checked by the caller).
     pub(super) fn conv2d_finish(
         x: Tensor<4>,
         weight: Tensor<4>,
-        bias: Option<Tensor<1>>,
+        (scale, bias): (Option<Tensor<1>>, Option<Tensor<1>>),
         options: ConvOptions<2>,
         epilogue: Epilogue,
     ) -> Tensor<4> {
         let device = x.device();
-        let (with_bias, with_residual) = (bias.is_some(), epilogue.residual.is_some());
+        let (with_scale, with_bias) = (scale.is_some(), bias.is_some());
+        let with_residual = epilogue.residual.is_some();
         // Unread stand-ins for what is not there.
-        let bias = bias.unwrap_or_else(|| Tensor::zeros([1], &device));
+        let stand_in = || Tensor::<1>::zeros([1], &device);
+        let (scale, bias) = (
+            scale.unwrap_or_else(stand_in),
+            bias.unwrap_or_else(stand_in),
+        );
         let residual = epilogue
             .residual
             .unwrap_or_else(|| Tensor::zeros([1, 1, 1, 1], &device));
         Tensor::from_dispatch(<Dispatch as ConvFinishKernels>::conv2d_finish(
             x.into_dispatch(),
             weight.into_dispatch(),
+            scale.into_dispatch(),
+            with_scale,
             bias.into_dispatch(),
             with_bias,
             residual.into_dispatch(),

@@ -1219,19 +1219,20 @@ mod backends {
         }
     }
 
-    /// The forward convolution: `bias` `[C_out]` and `residual` `[N, C_out, OH, OW]` added
-    /// when given, then ReLU when `relu`, as the kernels write the output.
+    /// The forward convolution: multiplied by `scale` `[C_out]`, `bias` `[C_out]` and
+    /// `residual` `[N, C_out, OH, OW]` added when given, then ReLU when `relu`, as the kernels
+    /// write the output.
     pub(in super::super) fn conv2d_finished<B: CpuAccess>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
-        bias: Option<FloatTensor<B>>,
+        (scale, bias): (Option<FloatTensor<B>>, Option<FloatTensor<B>>),
         residual: Option<FloatTensor<B>>,
         relu: bool,
         options: ConvOptions<2>,
     ) -> FloatTensor<B> {
         let (dtype, device) = (x.dtype(), x.device());
         let g = conv_geometry(&x.shape(), &weight.shape(), &options);
-        let bias = bias.map(read::<B>);
+        let (scale, bias) = (scale.map(read::<B>), bias.map(read::<B>));
         let forward = if winograd::applies(&g) && !direct::preferred_over_winograd(&g) {
             winograd::conv2d_forward
         } else if direct::applies(&g) {
@@ -1241,6 +1242,7 @@ mod backends {
         };
         let run = |residual: Option<&[f32]>| {
             let finish = Finish {
+                scale: scale.as_deref(),
                 bias: bias.as_deref(),
                 residual,
                 relu,
@@ -1292,8 +1294,8 @@ mod backends {
                     with_bias: bool,
                     options: ConvOptions<2>,
                 ) -> FloatTensor<Self> {
-                    let bias = with_bias.then_some(bias);
-                    conv2d_finished::<Self>(x, weight, bias, None, false, options)
+                    let affine = (None, with_bias.then_some(bias));
+                    conv2d_finished::<Self>(x, weight, affine, None, false, options)
                 }
 
                 fn conv2d_unfold_backward(
@@ -1310,6 +1312,8 @@ mod backends {
                 fn conv2d_finish(
                     x: FloatTensor<Self>,
                     weight: FloatTensor<Self>,
+                    scale: FloatTensor<Self>,
+                    with_scale: bool,
                     bias: FloatTensor<Self>,
                     with_bias: bool,
                     residual: FloatTensor<Self>,
@@ -1317,9 +1321,9 @@ mod backends {
                     relu: bool,
                     options: ConvOptions<2>,
                 ) -> FloatTensor<Self> {
-                    let bias = with_bias.then_some(bias);
+                    let affine = (with_scale.then_some(scale), with_bias.then_some(bias));
                     let residual = with_residual.then_some(residual);
-                    conv2d_finished::<Self>(x, weight, bias, residual, relu, options)
+                    conv2d_finished::<Self>(x, weight, affine, residual, relu, options)
                 }
             }
         };

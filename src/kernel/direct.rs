@@ -657,7 +657,8 @@ mod tests {
     /// shapes, ungrouped 7x7 and 3x3 kernels, strides 1 to 3, dilation, asymmetric padding,
     /// padding wider than the kernel, output channels per group that are not a multiple of
     /// the tile (blocks of 8, 4, 2 and 1) or split across tasks, depthwise groups, bias (and
-    /// a residual and ReLU), each instruction set this CPU has, and one and two threads.
+    /// a scale, a residual and ReLU), each instruction set this CPU has, and one and two
+    /// threads.
     #[test]
     fn direct_convolution_matches_im2col() {
         let same = [(1, 1), (1, 1)];
@@ -687,9 +688,11 @@ mod tests {
             let w = values(g.c_out * cig * g.kernel[0] * g.kernel[1], 2 * k as u64 + 1);
             let b = values(g.c_out, 99 + k as u64);
             let n_out = g.out_plane();
-            // Every other case also adds a residual and applies ReLU as it copies out.
+            // Every other case also scales, adds a residual and applies ReLU as it copies out.
             let r = values(g.batch * g.c_out * n_out, 199 + k as u64);
+            let a = values(g.c_out, 299 + k as u64);
             let finish = Finish {
+                scale: (k % 2 == 1).then_some(&a[..]),
                 bias: Some(&b),
                 residual: (k % 2 == 1).then_some(&r[..]),
                 relu: k % 2 == 1,
@@ -698,8 +701,11 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, &y)| {
-                    let v = y + b[i / n_out % g.c_out];
-                    if finish.relu { (v + r[i]).max(0.0) } else { v }
+                    let c = i / n_out % g.c_out;
+                    match finish.relu {
+                        true => (y * a[c] + b[c] + r[i]).max(0.0),
+                        false => y + b[c],
+                    }
                 })
                 .collect();
             for (isa, threads) in isas().into_iter().flat_map(|i| [(i, 1), (i, 2)]) {

@@ -48,12 +48,15 @@ pub(super) struct ConvGeometry {
 /// (im2col's, Winograd's and the direct kernel's `conv2d_forward`).
 pub(super) type ForwardFn = fn(&ConvGeometry, &[f32], &[f32], Finish<'_>) -> Vec<f32>;
 
-/// What a forward convolution does to its sums as it writes them: adds the bias (per output
-/// channel) and a residual (one value per output value), then applies ReLU, each when asked.
-/// Done by each kernel where the values are still in cache, this saves the passes a bias, a
-/// residual addition and a ReLU would otherwise take.
+/// What a forward convolution does to its sums as it writes them: multiplies by a scale and
+/// adds a bias (per output channel: a batch norm's transform, or the convolution's bias), adds
+/// a residual (one value per output value), then applies ReLU, each when asked. Done by each
+/// kernel where the values are still in cache, this saves the passes a batch norm, a residual
+/// addition and a ReLU would otherwise take.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Finish<'a> {
+    /// `[C]` for the part's `C` output channels (1 without it).
+    pub scale: Option<&'a [f32]>,
     /// `[C]` for the part's `C` output channels.
     pub bias: Option<&'a [f32]>,
     /// The part's values, in the output's layout, from its first output value on.
@@ -62,16 +65,17 @@ pub(super) struct Finish<'a> {
     pub relu: bool,
 }
 
-/// `relu(s + b + r)`, each term as the const parameters ask.
+/// `relu(s * a + b + r)`, each part as the const parameters ask (`a = 1`, `b = 0` for a bias
+/// alone or a scale alone: `s * 1.0 + b` is `s + b` exactly).
 #[inline(always)]
-fn finish_value<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
+fn finish_value<const AFFINE: bool, const RESIDUAL: bool, const RELU: bool>(
     s: f32,
-    b: f32,
+    (a, b): (f32, f32),
     r: f32,
 ) -> f32 {
     let mut v = s;
-    if BIAS {
-        v += b;
+    if AFFINE {
+        v = v * a + b;
     }
     if RESIDUAL {
         v += r;
@@ -79,15 +83,16 @@ fn finish_value<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
     if RELU { super::cpu::relu(v) } else { v }
 }
 
-/// `dst = relu(src + b + r)` ([`finish_value`]; `residual` is not read without `RESIDUAL`).
+/// `dst = relu(src * a + b + r)` ([`finish_value`]; `residual` is not read without
+/// `RESIDUAL`).
 #[inline(always)]
-fn finish_values<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
+fn finish_values<const AFFINE: bool, const RESIDUAL: bool, const RELU: bool>(
     src: &[f32],
     residual: &[f32],
-    b: f32,
+    b: (f32, f32),
     dst: &mut [MaybeUninit<f32>],
 ) {
-    let f = finish_value::<BIAS, RESIDUAL, RELU>;
+    let f = finish_value::<AFFINE, RESIDUAL, RELU>;
     if RESIDUAL {
         for ((d, &s), &r) in dst.iter_mut().zip(src).zip(residual) {
             d.write(f(s, b, r));
@@ -101,12 +106,12 @@ fn finish_values<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
 
 /// [`finish_values`] in place.
 #[inline(always)]
-fn finish_in_place<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
+fn finish_in_place<const AFFINE: bool, const RESIDUAL: bool, const RELU: bool>(
     values: &mut [f32],
     residual: &[f32],
-    b: f32,
+    b: (f32, f32),
 ) {
-    let f = finish_value::<BIAS, RESIDUAL, RELU>;
+    let f = finish_value::<AFFINE, RESIDUAL, RELU>;
     if RESIDUAL {
         for (v, &r) in values.iter_mut().zip(residual) {
             *v = f(*v, b, r);
@@ -118,10 +123,11 @@ fn finish_in_place<const BIAS: bool, const RESIDUAL: bool, const RELU: bool>(
     }
 }
 
-/// Calls `$f::<BIAS, RESIDUAL, RELU>($args)` for the flags of a [`Finish`].
+/// Calls `$f::<AFFINE, RESIDUAL, RELU>($args)` for the flags of a [`Finish`].
 macro_rules! with_flags {
-    ($finish:expr, $f:ident($($args:expr),*)) => {
-        match ($finish.bias.is_some(), $finish.residual.is_some(), $finish.relu) {
+    ($finish:expr, $f:ident($($args:expr),*)) => {{
+        let affine = $finish.scale.is_some() || $finish.bias.is_some();
+        match (affine, $finish.residual.is_some(), $finish.relu) {
             (false, false, false) => $f::<false, false, false>($($args),*),
             (false, false, true) => $f::<false, false, true>($($args),*),
             (false, true, false) => $f::<false, true, false>($($args),*),
@@ -131,31 +137,33 @@ macro_rules! with_flags {
             (true, true, false) => $f::<true, true, false>($($args),*),
             (true, true, true) => $f::<true, true, true>($($args),*),
         }
-    };
+    }};
 }
 
 impl<'a> Finish<'a> {
     /// Whether it leaves the sums as they are.
     pub fn is_identity(&self) -> bool {
-        self.bias.is_none() && self.residual.is_none() && !self.relu
+        self.scale.is_none() && self.bias.is_none() && self.residual.is_none() && !self.relu
     }
 
     /// The part for output channels `channels` (of this part's) whose values start `offset`
     /// values into this part's.
     pub fn part(&self, channels: Range<usize>, offset: usize) -> Self {
         Self {
+            scale: self.scale.map(|a| &a[channels.clone()]),
             bias: self.bias.map(|b| &b[channels]),
             residual: self.residual.map(|r| &r[offset..]),
             relu: self.relu,
         }
     }
 
-    /// The bias of channel `c` (0 without one) and the residual from value `at`, `len` long
-    /// (empty without one).
+    /// The scale and bias of channel `c` (1 and 0 without them) and the residual from value
+    /// `at`, `len` long (empty without one).
     #[inline(always)]
-    fn terms(&self, c: usize, at: usize, len: usize) -> (f32, &'a [f32]) {
+    fn terms(&self, c: usize, at: usize, len: usize) -> ((f32, f32), &'a [f32]) {
+        let a = self.scale.map_or(1.0, |a| a[c]);
         let b = self.bias.map_or(0.0, |b| b[c]);
-        (b, self.residual.map_or(&[][..], |r| &r[at..at + len]))
+        ((a, b), self.residual.map_or(&[][..], |r| &r[at..at + len]))
     }
 
     /// Writes `src`, finished, to `dst`: values of channel `c` from value `at` of the part.

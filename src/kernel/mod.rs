@@ -25,9 +25,10 @@
 //!
 //! [`plane_norm_with`] and [`plane_norm_train`] also apply an [`Epilogue`] before writing:
 //! the shortcut addition at the end of a residual block and the ReLU that follows most norms,
-//! so that the models run no separate element-wise passes for them. Once a model's batch
-//! norms are folded into its convolutions, [`conv2d_with`] applies the epilogue instead (on
-//! flex and ndarray inside the convolution kernels, as they write each block of output).
+//! so that the models run no separate element-wise passes for them. In evaluation on flex and
+//! ndarray a batch norm right after a convolution (or folded into it) needs no pass either:
+//! the convolution kernels apply its per-channel transform and the epilogue as they write
+//! each block of output ([`conv2d_with`]).
 //!
 //! All are backend extensions (burn's `#[backend_extension]`): plain-Rust multi-threaded
 //! loops on flex and ndarray, CubeCL kernels with a shared-memory tree reduction on the
@@ -93,7 +94,7 @@ pub(crate) use conv::on_cpu_backend;
 pub use conv::{
     GpuConv, conv2d, conv2d_with, gpu_conv, set_gpu_conv, set_winograd, winograd_enabled,
 };
-pub(crate) use conv::{conv2d_module, conv2d_module_with};
+pub(crate) use conv::{conv2d_module, conv2d_module_affine, conv2d_module_with};
 pub(crate) use pool::{avg_pool2d_module, max_pool2d_module};
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 pub use simd::{SimdLevel, set_max_simd, simd_level};

@@ -8,7 +8,8 @@ use burn::tensor::{Device, Tensor};
 use burn::nn::conv::Conv2d;
 
 use crate::kernel::{
-    Epilogue, conv2d_module, conv2d_module_with, plane_norm_train, plane_norm_with,
+    Epilogue, conv2d_module, conv2d_module_affine, conv2d_module_with, plane_norm_train,
+    plane_norm_with,
 };
 
 /// Configuration of a [`BatchNorm2d`].
@@ -121,10 +122,10 @@ impl BatchNorm2d {
         plane_norm_with(input, scale, shift, 0..0, self.epsilon, epilogue)
     }
 
-    /// `forward_with(conv(input), epilogue)`; once this norm is folded into `conv`
-    /// ([`fold_batch_norms`](crate::model::ResNetIbn::fold_batch_norms)) the convolution's
-    /// kernels apply the epilogue as they write ([`kernel::conv2d_with`](crate::kernel::conv2d_with)),
-    /// which saves this layer's pass.
+    /// `forward_with(conv(input), epilogue)`. In evaluation on flex and ndarray, and once this
+    /// norm is folded into `conv` ([`fold_batch_norms`](crate::model::ResNetIbn::fold_batch_norms)),
+    /// the convolution's kernels apply the transform and the epilogue as they write
+    /// ([`kernel::conv2d_with`](crate::kernel::conv2d_with)), which saves this layer's pass.
     pub(crate) fn after_conv(
         &self,
         conv: &Conv2d,
@@ -133,6 +134,15 @@ impl BatchNorm2d {
     ) -> Tensor<4> {
         if self.folded {
             return conv2d_module_with(conv, input, epilogue);
+        }
+        if !self.is_training_for(&input) {
+            // In evaluation the transform is per channel: the kernels apply it as they write.
+            let device = input.device();
+            let (scale, shift) = self.affine_transform();
+            let affine = (scale.to_device(&device), shift.to_device(&device));
+            if let Some(out) = conv2d_module_affine(conv, &input, affine, epilogue.clone()) {
+                return out;
+            }
         }
         self.forward_with(conv2d_module(conv, input), epilogue)
     }
