@@ -268,54 +268,54 @@ pub(crate) fn conv2d_module(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv2d_module_with(conv, x, Epilogue::default())
 }
 
-/// [`conv2d_with`] with the weights, bias and options of a burn `Conv2d` module.
-pub(crate) fn conv2d_module_with(conv: &Conv2d, x: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {
+/// The options of a burn `Conv2d` module; `None` for input-dependent padding (`Same`), which
+/// burn's own forward works out.
+fn module_options(conv: &Conv2d) -> Option<ConvOptions<2>> {
     let padding = match conv.padding {
         PaddingConfig2d::Valid => [(0, 0); 2],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
-        // Input-dependent padding: burn's own forward works it out.
-        PaddingConfig2d::Same => return epilogue.apply(conv.forward(x)),
+        PaddingConfig2d::Same => return None,
     };
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    Some(options)
+}
+
+/// [`conv2d_with`] with the weights, bias and options of a burn `Conv2d` module.
+pub(crate) fn conv2d_module_with(conv: &Conv2d, x: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {
+    let Some(options) = module_options(conv) else {
+        return epilogue.apply(conv.forward(x));
+    };
     let bias = conv.bias.as_ref().map(|b| b.val());
     conv2d_with(x, conv.weight.val(), bias, options, epilogue)
 }
 
 /// `conv(x) * scale + shift` per output channel followed by `epilogue`, in the convolution
 /// kernels (a batch norm in evaluation applied as the convolution writes, without folding it
-/// into the weights); `None`, with nothing computed, where the kernels do not do that (see
-/// [`finishes_in_kernels`]; also input-dependent padding).
+/// into the weights), with `(scale, shift)` `[C_out]` from `affine` on `x`'s device. Where the
+/// kernels do not do that (see [`finishes_in_kernels`]; also input-dependent padding),
+/// `otherwise(x, epilogue)` instead, without calling `affine`.
 pub(crate) fn conv2d_module_affine(
     conv: &Conv2d,
-    x: &Tensor<4>,
-    (scale, shift): (Tensor<1>, Tensor<1>),
+    x: Tensor<4>,
+    affine: impl FnOnce(&burn::tensor::Device) -> (Tensor<1>, Tensor<1>),
     epilogue: Epilogue,
-) -> Option<Tensor<4>> {
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => [(0, 0); 2],
-        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
-        PaddingConfig2d::Same => return None,
+    otherwise: impl FnOnce(Tensor<4>, Epilogue) -> Tensor<4>,
+) -> Tensor<4> {
+    let options = match module_options(conv) {
+        Some(options) if finishes_in_kernels(&x) => options,
+        _ => return otherwise(x, epilogue),
     };
-    if !finishes_in_kernels(x) {
-        return None;
-    }
-    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
-    let (x, weight) = (x.clone(), conv.weight.val());
+    let weight = conv.weight.val();
     check(&x, &weight, None, &options);
     check_residual(&x, &weight, &options, &epilogue);
+    let (scale, shift) = affine(&x.device());
     // (y + b) * scale + shift = y * scale + (b * scale + shift).
     let shift = match &conv.bias {
         Some(b) => b.val() * scale.clone() + shift,
         None => shift,
     };
     #[cfg(any(feature = "flex", feature = "ndarray"))]
-    return Some(cpu::conv2d_finish(
-        x,
-        weight,
-        (Some(scale), Some(shift)),
-        options,
-        epilogue,
-    ));
+    return cpu::conv2d_finish(x, weight, (Some(scale), Some(shift)), options, epilogue);
     #[cfg(not(any(feature = "flex", feature = "ndarray")))]
     {
         let _ = (x, weight, scale, shift, epilogue);

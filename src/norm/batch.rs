@@ -135,16 +135,17 @@ impl BatchNorm2d {
         if self.folded {
             return conv2d_module_with(conv, input, epilogue);
         }
-        if !self.is_training_for(&input) {
-            // In evaluation the transform is per channel: the kernels apply it as they write.
-            let device = input.device();
-            let (scale, shift) = self.affine_transform();
-            let affine = (scale.to_device(&device), shift.to_device(&device));
-            if let Some(out) = conv2d_module_affine(conv, &input, affine, epilogue.clone()) {
-                return out;
-            }
+        if self.is_training_for(&input) {
+            return self.forward_with(conv2d_module(conv, input), epilogue);
         }
-        self.forward_with(conv2d_module(conv, input), epilogue)
+        // In evaluation the transform is per channel: the kernels apply it as they write.
+        conv2d_module_affine(
+            conv,
+            input,
+            |device| self.running_transform(device),
+            epilogue,
+            |input, epilogue| self.forward_with(conv2d_module(conv, input), epilogue),
+        )
     }
 
     /// Whether a forward on `input` normalises with batch statistics (training, not folded).
@@ -200,9 +201,7 @@ impl BatchNorm2d {
             return (Tensor::ones([c], &device), Tensor::zeros([c], &device));
         }
         if !self.is_training_for(input) {
-            let device = input.device();
-            let (scale, shift) = self.affine_transform();
-            return (scale.to_device(&device), shift.to_device(&device));
+            return self.running_transform(&input.device());
         }
         let [n, _, h, w] = input.dims();
         let (plane_mean, plane_var) = crate::kernel::plane_moments(input.clone(), channels);
@@ -224,6 +223,12 @@ impl BatchNorm2d {
             self.running_var.value(),
             self.epsilon,
         )
+    }
+
+    /// [`affine_transform`](Self::affine_transform) on `device`.
+    fn running_transform(&self, device: &Device) -> (Tensor<1>, Tensor<1>) {
+        let (scale, shift) = self.affine_transform();
+        (scale.to_device(device), shift.to_device(device))
     }
 
     fn forward_train(&self, input: Tensor<4>) -> Tensor<4> {
